@@ -1,0 +1,3 @@
+"""opos-monitor: HTCondor job failure monitoring for production teams."""
+
+__version__ = "0.1.0"
