@@ -39,7 +39,7 @@ import logging
 import re
 import sys
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterator, Optional
+from typing import IO, Any, Callable, Iterator, Mapping, Optional
 
 try:  # orjson is a dependency; keep working without it
     from orjson import JSONDecodeError as _OrjsonError
@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover
     _fast_loads = None
     _OrjsonError = ValueError
 
-__all__ = ["ERROR", "Expr", "ReadError", "read_ads", "read_path", "parse_value"]
+__all__ = ["ERROR", "Expr", "ReadError", "parse_value", "plain_ad", "plain_value", "read_ads", "read_path"]
 
 log = logging.getLogger(__name__)
 
@@ -542,22 +542,41 @@ class _JsonReader:
 _NEW_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[\[\]]')
 
 
-def _from_classad2(value: Any) -> Any:
-    import classad2
+def plain_value(value: Any) -> Any:
+    """A value from the HTCondor bindings (classad2 or classad) as a plain value.
 
-    if isinstance(value, classad2.ExprTree):
+    ``ExprTree`` becomes :class:`Expr`, ``Value.Undefined`` ``None``,
+    ``Value.Error`` :data:`ERROR`, a nested ``ClassAd`` a dict; lists are
+    converted item by item.  Plain values are returned unchanged.
+    """
+    cls = value.__class__
+    if cls in _PLAIN_TYPES or value is ERROR:
+        return value
+    kind = cls.__name__
+    if kind == "ExprTree":
         return Expr(str(value))
-    if isinstance(value, classad2.Value):
-        return None if value == classad2.Value.Undefined else ERROR
-    if isinstance(value, classad2.ClassAd):
-        return {k: _from_classad2(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_classad2(v) for v in value]
+    if kind == "Value":  # the bindings' Undefined/Error enum
+        return ERROR if str(getattr(value, "name", value)).rpartition(".")[2].lower() == "error" else None
+    if isinstance(value, Mapping):
+        return {str(k): plain_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_value(v) for v in value]
     return value
 
 
+def plain_ad(ad: Mapping[str, Any]) -> dict[str, Any]:
+    """Any job ad mapping (e.g. a ``classad2.ClassAd``) as a dict of plain values."""
+    d = dict(ad.items())
+    if not set(map(type, d.values())) <= _PLAIN_TYPES:
+        d = {k: plain_value(v) for k, v in d.items()}
+    return d
+
+
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None), Expr})
+
+
 def _read_new(stream: IO[str], head: str, name: str, report: ErrorCallback) -> Iterator[dict[str, Any]]:
-    import classad2
+    import classad2  # only this rare format needs the bindings
 
     depth, parts, start = 0, [], 1
     lines = io.StringIO(head)
@@ -582,7 +601,7 @@ def _read_new(stream: IO[str], head: str, name: str, report: ErrorCallback) -> I
             parts, depth = [], 0
             try:
                 ad = classad2.parseOne(text, classad2.ParserType.New)
-                yield {k: _from_classad2(v) for k, v in ad.items()}
+                yield {k: plain_value(v) for k, v in ad.items()}
             except Exception as e:  # classad2 raises several types
                 report(ReadError(name, start, f"invalid new-syntax ClassAd: {e}", _snip(text)))
     if parts:
