@@ -36,10 +36,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterator, Mapping, Optional
+from typing import IO, Any, Callable, Iterator, Mapping, Optional, Union
 
 try:  # orjson is a dependency; keep working without it
     from orjson import JSONDecodeError as _OrjsonError
@@ -374,6 +375,13 @@ class _LongReader:
                 if lines[-1] == "":
                     lines.pop()  # after the chunk's final newline: not a line
                 yield from self.runs(lines, first, carry)
+            elif lines[0] == "" and lines.count("") == 1:  # one ad before a banner: the usual case
+                del lines[0]
+                ad = _fast_ad(lines)
+                if ad is None:
+                    yield from self.careful(lines, first + 1)
+                elif ad:
+                    yield ad
             else:
                 yield from self.runs(lines, first)
 
@@ -416,14 +424,26 @@ def _fix_exprs(value: Any) -> Any:
     return value
 
 
-def _maybe_big_int(obj: dict) -> bool:
-    """True if a top-level value is a float of integer size beyond 64 bits."""
-    for v in obj.values():
-        if v.__class__ is float and (v >= 9.2e18 or v <= -9.2e18):
-            return True
-        if v.__class__ is list:
-            if any(x.__class__ is float and (x >= 9.2e18 or x <= -9.2e18) for x in v):
+def _fix_top_exprs(obj: dict, n: int) -> None:
+    """Convert "/Expr(...)/" values in place; ``n`` is how many the text holds."""
+    keys = [k for k, v in obj.items() if v.__class__ is str and v[:6] == _EXPR_PREFIX]
+    for k in keys:
+        obj[k] = _fix_exprs(obj[k])
+    if len(keys) < n:  # some are inside lists or nested ads (or in plain text)
+        for k, v in obj.items():
+            if v.__class__ is list or v.__class__ is dict:
+                obj[k] = _fix_exprs(v)
+
+
+def _maybe_big_int(value: Any) -> bool:
+    """True if a float of integer size beyond 64 bits is anywhere in value."""
+    for v in value.values() if value.__class__ is dict else value:
+        cls = v.__class__
+        if cls is float:
+            if v >= 9.2e18 or v <= -9.2e18:
                 return True
+        elif (cls is dict or cls is list) and _maybe_big_int(v):
+            return True
     return False
 
 
@@ -531,8 +551,9 @@ class _JsonReader:
                 self.resync()
                 continue
             obj, start, self.pos = got
-            if self.buf.find("Expr(", start, self.pos) >= 0:  # most ads have none
-                obj = {k: _fix_exprs(v) for k, v in obj.items()}
+            n = self.buf.count("Expr(", start, self.pos)
+            if n:
+                _fix_top_exprs(obj, n)
             yield obj
 
 
@@ -625,13 +646,21 @@ def _detect(head: str) -> str:
 
 
 def read_ads(stream: IO[str], name: str = "<stdin>", errors: Optional[ErrorCallback] = None) -> Iterator[dict[str, Any]]:
-    """Yield each ad in ``stream`` as a dict; problems go to ``errors``."""
+    """Yield each ad in ``stream`` (text; binary is decoded as UTF-8) as a dict.
+
+    Bad input never raises: each problem goes to ``errors`` (default: a
+    logged warning) as a :class:`ReadError` naming ``name`` and the line.
+    Errors of the stream itself (I/O, decoding of a strict text stream)
+    propagate.
+    """
     report = errors or _log_error
     head = stream.read(CHUNK)
     if isinstance(head, bytes):  # a binary stream: decode it
         raw = io.BufferedReader(_Prepend(head, stream))  # type: ignore[arg-type]
         stream = io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
         head = stream.read(CHUNK)
+    if head.startswith("\ufeff"):  # a byte-order mark
+        head = head[1:]
     while head and not head.strip():
         more = stream.read(CHUNK)
         if not more:
@@ -665,8 +694,8 @@ class _Prepend(io.RawIOBase):
         return len(data)
 
 
-def read_path(path: str, errors: Optional[ErrorCallback] = None) -> Iterator[dict[str, Any]]:
-    """Yield ads from a file (``"-"`` reads standard input)."""
+def read_path(path: Union[str, "os.PathLike[str]"], errors: Optional[ErrorCallback] = None) -> Iterator[dict[str, Any]]:
+    """Yield ads from a file (``"-"`` reads standard input); undecodable bytes become U+FFFD."""
     if path == "-":
         yield from read_ads(sys.stdin, "<stdin>", errors)
         return

@@ -345,6 +345,13 @@ class TestLongFormat:
         monkeypatch.setattr(sys, "stdin", io.StringIO("A = 1\n\nA = 2\n"))
         assert list(read_path("-")) == [{"A": 1}, {"A": 2}]
 
+    def test_byte_order_mark_and_path_objects(self, tmp_path):
+        f = tmp_path / "ads.json"
+        f.write_text('\ufeff[\n{"A": 1}\n]\n', encoding="utf-8")
+        assert list(read_path(f)) == [{"A": 1}]
+        f.write_bytes(b'Owner = "caf\xe9"\nA = 2\n')  # latin-1, not UTF-8
+        assert list(read_path(f)) == [{"Owner": "caf\ufffd", "A": 2}]
+
     def test_empty_and_blank_input(self):
         assert read("") == ([], [])
         assert read("\n\n   \n") == ([], [])
@@ -474,6 +481,9 @@ class TestJson:
         ads, _ = read('{"A": {"B": 123456789012345678901234567890}, "L": [-98765432109876543210]}\n')
         assert ads[0]["A"]["B"] == 123456789012345678901234567890
         assert ads[0]["L"] == [-98765432109876543210]
+        ads, _ = read('{"A": {"B": {"C": 18446744073709551616}}, "F": 1e300}\n')
+        assert ads == [{"A": {"B": {"C": 18446744073709551616}}, "F": 1e300}]
+        assert type(ads[0]["A"]["B"]["C"]) is int
 
     def test_small_chunks_give_same_result(self, monkeypatch):
         texts = [(DATA / f).read_text() for f in ("condor_history.json", "ads.jsonl")]
