@@ -412,6 +412,19 @@ def _d_code_label(f: Facts) -> str:
     return f"{f['code_attr']} {code}/{sub}" if sub not in (None, 0) else f"{f['code_attr']} {code}"
 
 
+def _d_signal_label(f: Facts) -> str:
+    """``ExitSignal 11 (SIGSEGV)``, or for a wrapper's 128+N exit code
+    ``ExitCode 139 (128+11, SIGSEGV)``."""
+    sig = f["exit_signal"]
+    if sig is not None:
+        return f"ExitSignal {sig} ({_SIGNAL_NAMES.get(sig, 'unknown signal')})"
+    code = f["exit_code"]
+    if code is not None and 128 < code < 160:
+        n = code - 128
+        return f"ExitCode {code} (128+{n}, {_SIGNAL_NAMES.get(n, 'unknown signal')})"
+    return f"ExitCode {code}"
+
+
 def _d_runtime(f: Facts) -> float | None:
     start = _num(f.view.get("JobCurrentStartDate"))
     end = f["failure_time"]
@@ -451,6 +464,7 @@ _DERIVED: dict[str, Callable[[Facts], Any]] = {
     "code_default_category": lambda f: holdcodes.default_category(f["code"]),
     "reason_q": lambda f: _quote(f["reason"]) if f["reason"] else "(no reason text)",
     "signal_name": lambda f: _SIGNAL_NAMES.get(f["exit_signal"], f"signal {f['exit_signal']}"),
+    "signal_label": _d_signal_label,
     "job_universe": lambda f: _int(f.view.get("JobUniverse")),
     "chirp_exit_code": lambda f: chirp_exit_code(f.view),
 }
@@ -539,7 +553,7 @@ _EVIDENCE: dict[str, Callable[[Facts], Iterable[tuple[str, Any]]]] = {
     "cred_expired": _ev_cred, "proxy_expiration": _ev_cred, "proxy_expiration_iso": _ev_cred,
     "cred_expired_by_h": _ev_cred, "failure_time": _ev_cred, "failure_time_iso": _ev_cred,
     "exit_code": _ev_exit, "exit_signal": _ev_exit, "exit_by_signal": _ev_exit, "exit_failed": _ev_exit,
-    "signal_name": _ev_exit,
+    "signal_name": _ev_exit, "signal_label": _ev_exit,
     "removed_by_user": _ev_attr("RemoveReason"), "remove_reason": _ev_attr("RemoveReason"),
     "remove_reason_q": _ev_attr("RemoveReason"),
     "vacate_code": _ev_attr("VacateReasonCode"), "vacate_reason": _ev_attr("VacateReason"),
@@ -675,6 +689,12 @@ def _compile_when(when: Mapping[str, Any], where: str, refs: list[str]) -> tuple
                 raise RuleError(f"{where}: 'not' needs a condition table")
             grp = _compile_when(value, f"{where}.not", refs)
             checks.append(lambda f, g=grp: not all(c(f) for c in g))
+        elif key == "attr" and isinstance(value, dict):
+            # TOML dotted keys: attr.Owner = "x" / attr.NumJobStarts_gt = 3
+            for sub, subvalue in value.items():
+                fact, op = _split_key(sub)
+                refs.append(f"attr.{fact}")
+                checks.append(_compile_check(f"attr.{fact}", op, subvalue, f"{where}.attr.{sub}"))
         else:
             fact, op = _split_key(key)
             refs.append(fact)
@@ -1003,6 +1023,8 @@ def classify(
     names to add to the defaults (``"fife"``, ``"cms"``, ``"fife+cms"``).
     """
     rs = ruleset if isinstance(ruleset, RuleSet) else _ruleset_for(ruleset)
+    if not isinstance(ad, Mapping):
+        ad = getattr(ad, "attrs", ad)  # a JobRecord: classify its raw attributes
     f = _facts(casefold_view(ad), events, now)
     for rule in rs.candidates(f["status"], f["code"]):
         for check in rule.checks:

@@ -58,8 +58,9 @@ class Corrections:
 
     Keys that look like a plain domain (letters, digits, dots, dashes) match
     the domain itself or any sub-domain; any other key is a regular expression
-    searched (case-insensitively) in the full host name.  Suffix entries are
-    tried longest first, then regexes in the given order.
+    searched (case-insensitively) in the full host name.  Regexes are tried
+    first, in the given order (they are the specific exceptions), then the
+    suffixes, longest first.
     """
 
     __slots__ = ("_suffixes", "_regexes", "_cache")
@@ -84,13 +85,13 @@ class Corrections:
         if hit is not False:
             return hit  # type: ignore[return-value]
         found: str | None = None
-        for suffix, site in self._suffixes:
-            if host == suffix or host.endswith("." + suffix):
+        for rx, site in self._regexes:
+            if rx.search(host):
                 found = site
                 break
         if found is None:
-            for rx, site in self._regexes:
-                if rx.search(host):
+            for suffix, site in self._suffixes:
+                if host == suffix or host.endswith("." + suffix):
                     found = site
                     break
         if len(self._cache) < 65536:
