@@ -1,0 +1,74 @@
+"""The ``opos-monitor`` command line.
+
+Each sub-command is a small function taking the parsed arguments and returning an exit code.
+Errors the operator can fix (bad config, unreadable file) print one clear message and exit
+non-zero; they never end in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from . import __version__
+from .config import Config, ConfigError, load_config, redacted_dict
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = load_config(args.file or args.config)
+    if args.show:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(redacted_dict(cfg), option=orjson.OPT_INDENT_2).decode() + "\n")
+    pools = ", ".join(f"{name} ({', '.join(p.collectors)})" for name, p in cfg.pools.items())
+    print(f"configuration OK: pools {pools}; store {cfg.store_path}; metrics on {cfg.metrics.listen}", file=sys.stderr)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="opos-monitor",
+        description="Watch HTCondor jobs across pools: which fail, where and why.",
+    )
+    parser.add_argument("--version", action="version", version=f"opos-monitor {__version__}")
+    parser.add_argument(
+        "-c", "--config", metavar="FILE",
+        help="TOML configuration file (default: $OPOS_MONITOR_CONFIG, else built-in defaults)",
+    )
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override logging.level")
+    parser.add_argument("--log-format", choices=["auto", "json", "console"], help="override logging.format")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("check-config", help="validate the configuration and exit")
+    p.add_argument("file", nargs="?", metavar="FILE", help="configuration file to check (default: --config)")
+    p.add_argument("--show", action="store_true", help="print the effective configuration (secrets masked)")
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"opos-monitor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `opos-monitor classify big.txt | head`
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
