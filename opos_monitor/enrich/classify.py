@@ -32,6 +32,13 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as _toml  # type: ignore[no-redef]
 
+try:  # Python >= 3.11
+    from re import _constants as _sre_c
+    from re import _parser as _sre_parse
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_constants as _sre_c  # type: ignore[no-redef]
+    import sre_parse as _sre_parse  # type: ignore[no-redef]
+
 from .. import __version__
 from . import holdcodes
 from .signature import make_signature
@@ -332,6 +339,9 @@ def _iso(t: float | None) -> str | None:
 # --------------------------------------------------------------------------
 # facts
 # --------------------------------------------------------------------------
+_LC = "\x00lc"
+
+
 class Facts(dict):
     """Per-ad fact table; derived facts are computed on first use."""
 
@@ -341,6 +351,8 @@ class Facts(dict):
         fn = _DERIVED.get(key)
         if fn is not None:
             value = fn(self)
+        elif key.endswith(_LC):  # lower-cased text of a fact, for regex checks
+            value = _str(self[key[: -len(_LC)]]).lower()
         elif key.startswith("attr."):
             value = self.view.get(key[5:])
         else:
@@ -498,55 +510,56 @@ def _facts(view: Any, events: Any, now: float | None) -> Facts:
     return f
 
 
-# evidence: which attributes a fact came from
-def _ev_code(f: Facts) -> Iterable[tuple[str, Any]]:
-    if f["code_attr"]:
-        yield f["code_attr"], f["code"]
+# evidence: which attributes a fact came from.  Each source adds
+# (attribute, value) pairs to ``out`` (first one wins).
+_Evidence = Callable[["Facts", dict], None]
+
+
+def _ev_code(f: Facts, out: dict) -> None:
+    attr = f["code_attr"]
+    if attr:
+        out.setdefault(attr, f["code"])
         if f["subcode"] is not None:
-            yield f["subcode_attr"], f["subcode"]
+            out.setdefault(f["subcode_attr"], f["subcode"])
 
 
-def _ev_memory(f: Facts) -> Iterable[tuple[str, Any]]:
-    view = f.view
-    for name in ("MemoryUsage", "ResidentSetSize", "RequestMemory", "MemoryProvisioned"):
-        v = view.get(name)
-        if v is not None:
-            yield name, v
+def _ev_attrs(*names: str) -> _Evidence:
+    def ev(f: Facts, out: dict) -> None:
+        get = f.view.get
+        for name in names:
+            if name not in out:
+                v = get(name)
+                if v is not None:
+                    out[name] = v
 
-
-def _ev_cred(f: Facts) -> Iterable[tuple[str, Any]]:
-    yield "X509UserProxyExpiration", f.view.get("X509UserProxyExpiration")
-    if f["status"] == "completed" and f.view.get("CompletionDate") is not None:
-        yield "CompletionDate", f.view.get("CompletionDate")
-    elif f.view.get("EnteredCurrentStatus") is not None:
-        yield "EnteredCurrentStatus", f.view.get("EnteredCurrentStatus")
-
-
-def _ev_exit(f: Facts) -> Iterable[tuple[str, Any]]:
-    view = f.view
-    for name in ("ExitBySignal", "ExitSignal", "ExitCode"):
-        v = view.get(name)
-        if v is not None:
-            yield name, v
-
-
-def _ev_attr(name: str) -> Callable[[Facts], Iterable[tuple[str, Any]]]:
-    def ev(f: Facts) -> Iterable[tuple[str, Any]]:
-        v = f.view.get(name)
-        if v is not None:
-            yield name, v
-
+    ev.names = names  # type: ignore[attr-defined]
     return ev
 
 
-def _ev_events(f: Facts) -> Iterable[tuple[str, Any]]:
+_ev_memory = _ev_attrs("MemoryUsage", "ResidentSetSize", "RequestMemory", "MemoryProvisioned")
+_ev_exit = _ev_attrs("ExitBySignal", "ExitSignal", "ExitCode")
+
+
+def _ev_cred(f: Facts, out: dict) -> None:
+    get = f.view.get
+    out.setdefault("X509UserProxyExpiration", get("X509UserProxyExpiration"))
+    if f["status"] == "completed" and get("CompletionDate") is not None:
+        out.setdefault("CompletionDate", get("CompletionDate"))
+    elif get("EnteredCurrentStatus") is not None:
+        out.setdefault("EnteredCurrentStatus", get("EnteredCurrentStatus"))
+
+
+def _ev_events(f: Facts, out: dict) -> None:
     if f["events"]:
-        yield "events", tuple(sorted(f["events"]))
+        out.setdefault("events", tuple(sorted(f["events"])))
         if f["event_reason"]:
-            yield "event_reason", f["event_reason"]
+            out.setdefault("event_reason", f["event_reason"])
 
 
-_EVIDENCE: dict[str, Callable[[Facts], Iterable[tuple[str, Any]]]] = {
+_ev_remove = _ev_attrs("RemoveReason")
+_ev_vacate = _ev_attrs("VacateReasonCode", "VacateReason")
+
+_EVIDENCE: dict[str, _Evidence] = {
     "code": _ev_code, "subcode": _ev_code, "code_label": _ev_code, "code_name": _ev_code,
     "memory_usage_mb": _ev_memory, "request_memory_mb": _ev_memory, "memory_ratio": _ev_memory,
     "memory_limit_mb": _ev_memory,
@@ -554,14 +567,13 @@ _EVIDENCE: dict[str, Callable[[Facts], Iterable[tuple[str, Any]]]] = {
     "cred_expired_by_h": _ev_cred, "failure_time": _ev_cred, "failure_time_iso": _ev_cred,
     "exit_code": _ev_exit, "exit_signal": _ev_exit, "exit_by_signal": _ev_exit, "exit_failed": _ev_exit,
     "signal_name": _ev_exit, "signal_label": _ev_exit,
-    "removed_by_user": _ev_attr("RemoveReason"), "remove_reason": _ev_attr("RemoveReason"),
-    "remove_reason_q": _ev_attr("RemoveReason"),
-    "vacate_code": _ev_attr("VacateReasonCode"), "vacate_reason": _ev_attr("VacateReason"),
-    "vacate_reason_q": _ev_attr("VacateReason"), "vacate_code_name": _ev_attr("VacateReasonCode"),
+    "removed_by_user": _ev_remove, "remove_reason": _ev_remove, "remove_reason_q": _ev_remove,
+    "vacate_code": _ev_vacate, "vacate_reason": _ev_vacate, "vacate_reason_q": _ev_vacate,
+    "vacate_code_name": _ev_vacate,
     "events": _ev_events, "event_type": _ev_events, "event_reason": _ev_events, "event_reason_q": _ev_events,
-    "num_shadow_exceptions": _ev_attr("NumShadowExceptions"), "num_job_starts": _ev_attr("NumJobStarts"),
-    "runtime_s": _ev_attr("RemoteWallClockTime"), "job_universe": _ev_attr("JobUniverse"),
-    "chirp_exit_code": lambda f: ((n, f.view.get(n)) for n in _CHIRP_EXIT_ATTRS if f.view.get(n) is not None),
+    "num_shadow_exceptions": _ev_attrs("NumShadowExceptions"), "num_job_starts": _ev_attrs("NumJobStarts"),
+    "runtime_s": _ev_attrs("JobCurrentStartDate", "RemoteWallClockTime"), "job_universe": _ev_attrs("JobUniverse"),
+    "chirp_exit_code": _ev_attrs(*_CHIRP_EXIT_ATTRS),
 }
 
 
@@ -630,6 +642,68 @@ def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+_ESCAPE_RE = re.compile(r"\\.|[^\\]+", re.S)
+
+
+def _lowercase_pattern(pattern: str) -> str:
+    """The pattern lower-cased outside escape sequences (``\\S``, ``\\D``, ``\\B``
+    keep their meaning).  Matching it against lower-cased text is a
+    case-insensitive match that, unlike ``re.IGNORECASE``, keeps the regex
+    engine's literal-prefix and first-character optimisations."""
+    return "".join(tok if tok.startswith("\\") else tok.lower() for tok in _ESCAPE_RE.findall(pattern))
+
+
+def _required_literals(pattern: str) -> tuple[str, ...] | None:
+    """Substrings one of which must occur for ``pattern`` to match, or None.
+
+    For every top-level alternative the longest run of plain characters it
+    must match is taken; if each alternative has one of 3+ characters, a text
+    containing none of them cannot match and the regex need not run.  (A C
+    substring search per literal is several times cheaper than a regex scan
+    of a long reason text.)"""
+    try:
+        data = list(_sre_parse.parse(pattern).data)
+    except Exception:  # pragma: no cover - compile() already validated it
+        return None
+    while len(data) == 1 and data[0][0] is _sre_c.SUBPATTERN and not data[0][1][1] and not data[0][1][2]:
+        data = list(data[0][1][3])
+    branches = [list(b) for b in data[0][1][1]] if len(data) == 1 and data[0][0] is _sre_c.BRANCH else [data]
+    literals: list[str] = []
+    for branch in branches:
+        best, run = "", []
+        for op, av in branch + [(None, None)]:
+            if op is _sre_c.LITERAL:
+                run.append(chr(av))
+                continue
+            if len(run) > len(best):
+                best = "".join(run)
+            run = []
+        if len(best) < 3:
+            return None
+        literals.append(best)
+    unique = sorted(set(literals), key=len)
+    minimal = [lit for i, lit in enumerate(unique) if not any(o in lit for o in unique[:i])]
+    return tuple(minimal)
+
+
+def _regex_check(key: str, rx: re.Pattern[str], negate: bool) -> Callable[[Facts], bool]:
+    search = rx.search
+    literals = _required_literals(rx.pattern)
+    if literals is None:
+        if negate:
+            return lambda f: search(f[key]) is None
+        return lambda f: search(f[key]) is not None
+
+    def check(f: Facts) -> bool:
+        text = f[key]
+        for lit in literals:
+            if lit in text:
+                return (search(text) is None) if negate else (search(text) is not None)
+        return negate
+
+    return check
+
+
 def _compile_check(fact: str, op: str, value: Any, where: str) -> Callable[[Facts], bool]:
     if fact not in KNOWN_FACTS and not fact.startswith("attr."):
         raise RuleError(f"{where}: unknown fact {fact!r} (known: {', '.join(sorted(KNOWN_FACTS))}, attr.<Name>)")
@@ -648,12 +722,11 @@ def _compile_check(fact: str, op: str, value: Any, where: str) -> Callable[[Fact
         if not isinstance(value, str):
             raise RuleError(f"{where}: {fact}_{op} needs a regex string")
         try:
-            rx = re.compile(value, re.IGNORECASE)
+            re.compile(value)
+            rx = re.compile(_lowercase_pattern(value))
         except re.error as exc:
             raise RuleError(f"{where}: bad regex for {fact}_{op}: {exc}") from None
-        if op == "re":
-            return lambda f, k=fact, r=rx.search: r(_str(f[k])) is not None
-        return lambda f, k=fact, r=rx.search: r(_str(f[k])) is None
+        return _regex_check(fact + _LC, rx, negate=(op == "not_re"))
     if op == "eq":
         return lambda f, k=fact, v=value: f[k] == v
     if op == "ne":
@@ -758,22 +831,28 @@ class Rule:
     refs: tuple[str, ...]
     tests: tuple[Mapping[str, Any], ...]
     description: str = ""
+    evidence_fns: tuple[_Evidence, ...] = ()
 
     def matches(self, f: Facts) -> bool:
+        if self.statuses is not None and f["status"] not in self.statuses:
+            return False
+        if self.codes is not None and f["code"] not in self.codes:
+            return False
         for check in self.checks:
             if not check(f):
                 return False
         return True
 
 
-def _index_values(when: Mapping[str, Any], fact: str) -> frozenset[Any] | None:
-    for key in (fact, f"{fact}_in"):
+def _index_values(when: Mapping[str, Any], fact: str) -> tuple[frozenset[Any] | None, str | None]:
+    """Values of a top-level ``fact`` / ``fact_in`` / ``fact_eq`` condition and
+    the key it came from (rules are indexed by status and code)."""
+    for key in (fact, f"{fact}_in", f"{fact}_eq"):
         if key in when:
             value = when[key]
-            return frozenset(_hashable(v) for v in value) if isinstance(value, list) else frozenset([value])
-    if f"{fact}_eq" in when:
-        return frozenset([when[f"{fact}_eq"]])
-    return None
+            values = frozenset(_hashable(v) for v in value) if isinstance(value, list) else frozenset([value])
+            return values, key
+    return None, None
 
 
 def _compile_rule(raw: Mapping[str, Any], order: int, source: str, default_priority: int) -> Rule:
@@ -791,8 +870,14 @@ def _compile_rule(raw: Mapping[str, Any], order: int, source: str, default_prior
     when = raw.get("when", {})
     if not isinstance(when, dict):
         raise RuleError(f"{where}: 'when' must be a table")
-    refs: list[str] = []
-    checks = _compile_when(when, f"{where}.when", refs)
+    statuses, status_key = _index_values(when, "status")
+    if statuses is not None and not statuses <= STATUSES:
+        raise RuleError(f"{where}: unknown status in {sorted(statuses)}; use {', '.join(sorted(STATUSES))}")
+    codes, code_key = _index_values(when, "code")
+    refs: list[str] = ["code"] if codes is not None else []
+    # the status and code conditions are enforced by the index (RuleSet.candidates)
+    indexed = {status_key, code_key}
+    checks = _compile_when({k: v for k, v in when.items() if k not in indexed}, f"{where}.when", refs)
     explain = raw.get("explain")
     if not isinstance(explain, str) or not explain:
         raise RuleError(f"{where}: 'explain' template is required")
@@ -809,9 +894,6 @@ def _compile_rule(raw: Mapping[str, Any], order: int, source: str, default_prior
             raise RuleError(f"{where}: test #{i + 1} needs 'ad' (a table) and 'expect'")
         if case["expect"] not in _CATEGORY_SET:
             raise RuleError(f"{where}: test #{i + 1} expects unknown category {case['expect']!r}")
-    statuses = _index_values(when, "status")
-    if statuses is not None and not statuses <= STATUSES:
-        raise RuleError(f"{where}: unknown status in {sorted(statuses)}; use {', '.join(sorted(STATUSES))}")
     priority = raw.get("priority", default_priority)
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise RuleError(f"{where}: priority must be an integer")
@@ -825,7 +907,7 @@ def _compile_rule(raw: Mapping[str, Any], order: int, source: str, default_prior
         source=source,
         checks=checks,
         statuses=statuses,
-        codes=_index_values(when, "code"),
+        codes=codes,
         explain=template,
         action=str(action),
         runbook=str(runbook) if runbook else None,
@@ -833,7 +915,19 @@ def _compile_rule(raw: Mapping[str, Any], order: int, source: str, default_prior
         refs=tuple(dict.fromkeys(refs)),
         tests=tuple(tests),
         description=str(raw.get("description", "")),
+        evidence_fns=_evidence_fns(refs),
     )
+
+
+def _evidence_fns(refs: Iterable[str]) -> tuple[_Evidence, ...]:
+    fns: dict[Any, _Evidence] = {}
+    for ref in refs:
+        fn = _EVIDENCE.get(ref)
+        if fn is None and ref.startswith("attr."):
+            fns[ref] = _ev_attrs(ref[5:])
+        elif fn is not None:
+            fns.setdefault(fn, fn)
+    return tuple(fns.values())
 
 
 class RuleSet:
@@ -903,26 +997,19 @@ class RuleSet:
 
 
 def _evidence(rule: Rule, f: Facts) -> tuple[tuple[str, Any], ...]:
+    """JobStatus, the decisive reason, then what the rule looked at."""
     out: dict[str, Any] = {}
     status_raw = f.view.get("JobStatus")
     if status_raw is not None:
         out["JobStatus"] = status_raw
     if f["reason"]:
         out[f["reason_attr"]] = f["reason"]
-    for ref in rule.refs:
-        src = _EVIDENCE.get(ref)
-        if src is None:
-            if ref.startswith("attr."):
-                src = _ev_attr(ref[5:])
-            else:
-                continue
-        for name, value in src(f):
-            if name not in out:
-                out[name] = value
-    if f["status"] == "removed" and f["reason_attr"] != "RemoveReason":
+    for src in rule.evidence_fns:
+        src(f, out)
+    if f["status"] == "removed" and "RemoveReason" not in out:
         rr = f.view.get("RemoveReason")
         if rr is not None:
-            out.setdefault("RemoveReason", rr)
+            out["RemoveReason"] = rr
     return tuple(out.items())
 
 
@@ -1023,7 +1110,7 @@ def classify(
     names to add to the defaults (``"fife"``, ``"cms"``, ``"fife+cms"``).
     """
     rs = ruleset if isinstance(ruleset, RuleSet) else _ruleset_for(ruleset)
-    if not isinstance(ad, Mapping):
+    if type(ad) is not dict and not isinstance(ad, Mapping):
         ad = getattr(ad, "attrs", ad)  # a JobRecord: classify its raw attributes
     f = _facts(casefold_view(ad), events, now)
     for rule in rs.candidates(f["status"], f["code"]):

@@ -70,12 +70,13 @@ _IPV6_RE = re.compile(
 )
 
 # The core regex.  Tokens that must start at the beginning of a word are matched
-# together with the one delimiter character in front of them (group ``d``, put
-# back by the callback), and the only other branch starts with a digit.  So the
-# first character of any match is a non-word character or a digit, which lets
-# the regex engine skip over letters without trying a match there - most of a
-# reason text is letters.  ``mask`` prepends a space so a token can start the
-# text.
+# together with the one delimiter character in front of them (the callback puts
+# it back), and the only other branch starts with a digit.  So the first
+# character of any match is a non-letter, which lets the regex engine skip over
+# letters without trying a match there - most of a reason text is letters.
+# Inside the word-start group every alternative begins with a plain character
+# class, so the engine rejects it with one test.  ``mask`` prepends a space so
+# a token can start the text.
 _P = r"[^\s/:;,'\"()<>|\[\]{}=]"  # path component character
 # Possessive quantifiers (Python >= 3.11) stop pointless backtracking where the
 # repeated class cannot contain the character that follows; on 3.10 the plain
@@ -131,13 +132,24 @@ def _path_token(path: str) -> str:
     return f"{prefix}<PATH>{suffix}"
 
 
-def _host_token(word: str) -> str:
-    labels = word.split(".")
+def _valid_host(labels: list[str]) -> bool:
     last = labels[-1]
-    if (len(labels) >= 3 and not last.isdigit() and any(c.isalpha() for c in last)) or (
-        len(labels) == 2 and last.lower() in _TLD_SET
-    ):
-        return "<HOST>"
+    if len(labels) >= 3:
+        return not last.isdigit() and any(c.isalpha() for c in last)
+    return len(labels) == 2 and last.lower() in _TLD_SET
+
+
+def _host_token(word: str) -> str:
+    """``<HOST>`` for a host name; for a dotted word that is not one as a
+    whole, its longest leading part that is (the rest number-masked) -
+    exactly what masking the result again would find, so masking stays
+    idempotent."""
+    labels = word.split(".")
+    for n in range(len(labels), 1, -1):
+        if _valid_host(labels[:n]):
+            if n == len(labels):
+                return "<HOST>"
+            return "<HOST>." + _NUM_RE.sub("<N>", ".".join(labels[n:]))
     return _NUM_RE.sub("<N>", word)
 
 
