@@ -749,30 +749,64 @@ def _compile_check(fact: str, op: str, value: Any, where: str) -> Callable[[Fact
     return lambda f, k=fact, x=x: (v := f[k]) is not None and v < x
 
 
+def _all_of(group: tuple[Callable[[Facts], bool], ...]) -> Callable[[Facts], bool]:
+    def check(f: Facts) -> bool:
+        for c in group:
+            if not c(f):
+                return False
+        return True
+
+    return check
+
+
+def _any_of(groups: tuple[tuple[Callable[[Facts], bool], ...], ...]) -> Callable[[Facts], bool]:
+    alls = tuple(_all_of(g) for g in groups)
+
+    def check(f: Facts) -> bool:
+        for a in alls:
+            if a(f):
+                return True
+        return False
+
+    return check
+
+
+def _none_of(group: tuple[Callable[[Facts], bool], ...]) -> Callable[[Facts], bool]:
+    a = _all_of(group)
+    return lambda f: not a(f)
+
+
+# checks are pure, so their order is free: cheap comparisons run before
+# combinations, and those before regex searches
+_COST_CHEAP, _COST_GROUP, _COST_REGEX = 0, 1, 2
+
+
 def _compile_when(when: Mapping[str, Any], where: str, refs: list[str]) -> tuple[Callable[[Facts], bool], ...]:
-    checks: list[Callable[[Facts], bool]] = []
+    checks: list[tuple[int, Callable[[Facts], bool]]] = []
     for key, value in when.items():
         if key == "any":
             if not isinstance(value, list) or not value or not all(isinstance(t, dict) for t in value):
                 raise RuleError(f"{where}: 'any' needs a non-empty list of condition tables")
             groups = tuple(_compile_when(t, f"{where}.any", refs) for t in value)
-            checks.append(lambda f, g=groups: any(all(c(f) for c in grp) for grp in g))
+            checks.append((_COST_GROUP, _any_of(groups)))
         elif key == "not":
             if not isinstance(value, dict) or not value:
                 raise RuleError(f"{where}: 'not' needs a condition table")
-            grp = _compile_when(value, f"{where}.not", refs)
-            checks.append(lambda f, g=grp: not all(c(f) for c in g))
+            checks.append((_COST_GROUP, _none_of(_compile_when(value, f"{where}.not", refs))))
         elif key == "attr" and isinstance(value, dict):
             # TOML dotted keys: attr.Owner = "x" / attr.NumJobStarts_gt = 3
             for sub, subvalue in value.items():
                 fact, op = _split_key(sub)
                 refs.append(f"attr.{fact}")
-                checks.append(_compile_check(f"attr.{fact}", op, subvalue, f"{where}.attr.{sub}"))
+                cost = _COST_REGEX if op in ("re", "not_re") else _COST_CHEAP
+                checks.append((cost, _compile_check(f"attr.{fact}", op, subvalue, f"{where}.attr.{sub}")))
         else:
             fact, op = _split_key(key)
             refs.append(fact)
-            checks.append(_compile_check(fact, op, value, f"{where}.{key}"))
-    return tuple(checks)
+            cost = _COST_REGEX if op in ("re", "not_re") else _COST_CHEAP
+            checks.append((cost, _compile_check(fact, op, value, f"{where}.{key}")))
+    checks.sort(key=lambda c: c[0])
+    return tuple(c for _, c in checks)
 
 
 class _Template:
@@ -1072,22 +1106,30 @@ def default_ruleset() -> RuleSet:
     return _ruleset_for(None)
 
 
+_SPEC_CACHE: dict[Any, RuleSet] = {}
+
+
 def _ruleset_for(spec: Any) -> RuleSet:
+    """RuleSet for ``None`` (defaults), ``"fife"``, ``"fife+cms"``, a path or a
+    sequence of those; compiled once and cached."""
     if isinstance(spec, RuleSet):
         return spec
+    hashable = spec if spec is None or isinstance(spec, (str, Path)) else tuple(str(s) for s in spec)
+    rs = _SPEC_CACHE.get(hashable)
+    if rs is not None:
+        return rs
     if spec is None:
         key: tuple[str, ...] = ()
     elif isinstance(spec, (str, Path)):
-        key = tuple(p for p in re.split(r"[+,]", str(spec)) if p.strip() and p.strip().lower() != "default")
+        key = tuple(p.strip() for p in re.split(r"[+,]", str(spec)) if p.strip() and p.strip().lower() != "default")
     else:
         key = tuple(str(s) for s in spec)
-    rs = _RULESET_CACHE.get(key)
-    if rs is None:
-        with _CACHE_LOCK:
-            rs = _RULESET_CACHE.get(key)
-            if rs is None:
-                rs = load_ruleset(*key)
-                _RULESET_CACHE[key] = rs
+    with _CACHE_LOCK:
+        rs = _RULESET_CACHE.get(key)
+        if rs is None:
+            rs = load_ruleset(*key)
+            _RULESET_CACHE[key] = rs
+        _SPEC_CACHE[hashable] = rs
     return rs
 
 
