@@ -94,3 +94,15 @@ def test_rules_agree_with_table_default(code):
     """With no telling text, a held job gets the code's default category."""
     v = classify({"JobStatus": 5, "HoldReasonCode": code, "HoldReasonSubCode": 0, "HoldReason": _BLAND})
     assert v.category == holdcodes.default_category(code), (code, v.rule, v.explanation)
+
+
+def test_docs_table_matches_holdcodes():
+    """docs/classifier.md shows the same table (docs change with behaviour)."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "classifier.md").read_text()
+    body = doc.split("<!-- holdcodes:start -->")[1].split("<!-- holdcodes:end -->")[0]
+    rows = [line for line in body.strip().splitlines()[2:]]
+    expected = [
+        f"| {code} | {r.name} | {r.category} | {'yes' if r.text_decides else ''} | {r.meaning} |"
+        for code, r in sorted(holdcodes.HOLD_CODES.items())
+    ]
+    assert rows == expected

@@ -313,3 +313,14 @@ def test_sigkill_far_below_request_is_not_memory():
 def test_segfault_over_request_is_still_code():
     ad = {"JobStatus": 4, "ExitBySignal": True, "ExitSignal": 11, "MemoryUsage": 9000, "RequestMemory": 2000}
     assert classify(ad).rule == "code.segfault"
+
+
+def test_runbook_links_point_at_existing_doc_anchors():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "classifier.md").read_text()
+    anchors = {line.lstrip("#").strip().lower().replace(" ", "-") for line in doc.splitlines() if line.startswith("#")}
+    for rs in RULESETS.values():
+        for rule in rs.rules:
+            if rule.runbook:
+                path, _, anchor = rule.runbook.partition("#")
+                assert path == "docs/classifier.md", rule.id
+                assert anchor in anchors, (rule.id, anchor)
