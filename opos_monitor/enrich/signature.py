@@ -14,6 +14,7 @@ single combined regex whose matches can only start at a delimiter or a digit):
 
 ==============  ============================================================
 ``<ARGS>``      the argument list in "Failed to execute 'x' with arguments ...:"
+``<USER>``      the name in condor_rm/condor_hold's "(by user name)"
 ``<ADDR>``      sinful strings ``<1.2.3.4:9618?...>`` / ``<[::1]:9618>``
 ``scheme://<URL>``  URLs (the scheme is kept: ``osdf://<URL>``)
 ``<UUID>``      UUIDs
@@ -58,6 +59,7 @@ _TLDS = (
 # a later pass cannot re-match an earlier placeholder.
 _URL_RE = re.compile(r"(?<![\w>])([A-Za-z][A-Za-z0-9+.-]{1,15})://(?:<URL>|[^\s)\]|;,'\"<>])*")
 _ARGS_RE = re.compile(r"(?<=with arguments ).+?(?=: )")
+_BY_USER_RE = re.compile(r"\(by user [^()]*\)")
 _WINPATH_RE = re.compile(r"(?<![\w>])[A-Za-z]:\\[^\s:;,'\"()<>|]+")
 _SINFUL_RE = re.compile(r"<\[?[0-9][^<>\s]*>")
 _SLOT_LEFT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.+-")
@@ -214,6 +216,8 @@ def mask(text: str) -> str:
         text = _URL_RE.sub(_url_replace, text)
     if "with arguments " in text:
         text = _ARGS_RE.sub("<ARGS>", text, count=1)
+    if "(by user " in text:
+        text = _BY_USER_RE.sub("(by user <USER>)", text)
     if ":\\" in text:
         text = _WINPATH_RE.sub("<PATH>", text)
     if "<" in text:

@@ -35,6 +35,7 @@ from opos_monitor.enrich.signature import make_signature, mask, signature_hash
         ("from osdf-uw-cache.svc.osg-htc.org:8443: failed", "from <HOST>:<N>: failed"),
         ("access point bigbird27 while sending", "access point bigbird<N> while sending"),
         ("  many\t\tspaces\n here ", "many spaces here"),
+        ("via condor_rm (by user novapro)", "via condor_rm (by user <USER>)"),
         ("", ""),
     ],
 )
@@ -112,7 +113,7 @@ def test_different_messages_get_different_hashes():
 _PIECES = st.sampled_from(
     list("abcdefxyzJob0123456789 ./:-_@<>[]()'\";,|=~\\\tABCDEF")
     + ["slot1_2@fnpc1.fnal.gov", "/cvmfs/repo.org/x", "osdf://a/b", "::", "0x1f", " with arguments ", ": ",
-       "<URL>", "<N>", "<PATH>", ".gov", "10.0.0.1", "2024-01-02", "12:30:45", "job 12.0", "deadbeef99"]
+       "<URL>", "<N>", "<PATH>", ".gov", "10.0.0.1", "2024-01-02", "12:30:45", "job 12.0", "deadbeef99", "(by user ", ")"]
 )
 
 
