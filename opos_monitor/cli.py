@@ -34,6 +34,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_classify(args: argparse.Namespace) -> int:
+    from . import commands_classify
+
+    cfg = _load(args)
+    rulesets = args.ruleset or cfg.classifier.rulesets
+    return commands_classify.run(args.file, rulesets, cfg.sites.corrections)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opos-monitor",
@@ -53,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", metavar="FILE", help="configuration file to check (default: --config)")
     p.add_argument("--show", action="store_true", help="print the effective configuration (secrets masked)")
     p.set_defaults(func=cmd_check_config)
+    p = sub.add_parser(
+        "classify", help="classify job ads from a file or stdin; one JSON object per ad",
+        description="Read job ads (condor_q/condor_history -long, raw history files, -json arrays or "
+                    "JSON lines) and print one JSON object per ad, in input order: job, category, rule, "
+                    "signature, explanation, site and the evidence.",
+    )
+    p.add_argument("file", nargs="?", default="-", metavar="FILE", help="input file, or - for stdin (default)")
+    p.add_argument("--ruleset", action="append", metavar="NAME",
+                   help="rule sets to use (default, fife, cms or a TOML path); repeatable (default: config)")
+    p.set_defaults(func=cmd_classify)
     return parser
 
 
