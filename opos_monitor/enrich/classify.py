@@ -84,7 +84,7 @@ _FAILED_VACATE_CODES = frozenset({1002, 1003, 1005, 1006, 1007, 1008, 1011, 1012
 
 _SIGNAL_NAMES = {int(s): s.name for s in _signal.Signals}
 
-_PEAK_RE = re.compile(r"Peak usage: (\d+(?:\.\d+)?) ?(?:megabytes|MB|Mb)", re.I)
+_PEAK_RE = re.compile(r"(?:Peak usage:|memory usage) (\d+(?:\.\d+)?) ?(?:megabytes|MB|Mb)\b", re.I)
 _LIMIT_RE = re.compile(r"memory limit of (\d+(?:\.\d+)?) ?(?:megabytes|MB|Mb)", re.I)
 
 #: event-log event names (short form, HTCondor's class names, ULog numbers)
@@ -237,8 +237,8 @@ def memory_facts(view: Any, reason: str = "") -> tuple[float | None, float | Non
     """``(used_mb, requested_mb, limit_mb_from_text)``.
 
     Used: ``MemoryUsage`` (MB) when numeric, else ``(ResidentSetSize+1023)/1024``
-    (the expression HTCondor itself puts in MemoryUsage), else the peak quoted
-    in the reason ("Peak usage: N megabytes").  Requested: ``RequestMemory``
+    (the expression HTCondor itself puts in MemoryUsage), else the usage quoted
+    in the reason ("Peak usage: N megabytes", "memory usage N MB").  Requested: ``RequestMemory``
     when numeric, else ``MemoryProvisioned``, else the limit quoted in the
     reason ("memory limit of N megabytes" / "N Mb").
     """

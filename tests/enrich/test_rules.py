@@ -281,6 +281,9 @@ def test_memory_facts_fallbacks():
     text = "Job has gone over cgroup memory limit of 4096 megabytes. Peak usage: 4100 megabytes."
     assert memory_facts({}, text) == (4100.0, 4096.0, 4096.0)
     assert memory_facts({}, "Docker job has gone over memory limit of 2000 Mb") == (None, 2000.0, 2000.0)
+    # the dev pool's SYSTEM_PERIODIC_HOLD_REASON wording; MemoryUsage is an unevaluated expression there
+    assert memory_facts({"MemoryUsage": "((ResidentSetSize + 1023) / 1024)", "RequestMemory": 128},
+                        "Job memory usage 409 MB exceeded request_memory 128 MB") == (409.0, 128.0, None)
 
 
 def test_credential_and_failure_time():
