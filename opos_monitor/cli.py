@@ -42,6 +42,22 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return commands_classify.run(args.file, rulesets, cfg.sites.corrections)
 
 
+def cmd_failures(args: argparse.Namespace) -> int:
+    from . import commands_failures
+    from .sinks.store import StoreError
+
+    cfg = _load(args)
+    try:
+        return commands_failures.run(
+            cfg.store_path, since=args.since, site=args.site, category=args.category, schedd=args.schedd,
+            owner=args.owner, signature=args.signature, limit=args.limit, as_json=args.json,
+            max_bytes=cfg.store.max_bytes,
+        )
+    except (StoreError, ValueError) as exc:
+        print(f"opos-monitor failures: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opos-monitor",
@@ -71,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ruleset", action="append", metavar="NAME",
                    help="rule sets to use (default, fife, cms or a TOML path); repeatable (default: config)")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("failures", help="list failed jobs from the local store: top signatures, then jobs")
+    p.add_argument("--since", default="24h", help="a duration (24h, 30m, 7d) or an ISO time (default 24h)")
+    p.add_argument("--site", help="only this site (GLIDEIN_Site or corrected domain)")
+    p.add_argument("--category", choices=["site", "memory", "certificate", "code", "transfer", "policy", "user", "unknown"])
+    p.add_argument("--schedd", help="only this schedd (its Name)")
+    p.add_argument("--owner", help="only this job owner")
+    p.add_argument("--signature", help="only this signature hash")
+    p.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
+    p.add_argument("--json", action="store_true", help="one JSON object per failed job")
+    p.set_defaults(func=cmd_failures)
     return parser
 
 
