@@ -24,7 +24,7 @@ class Enricher:
     def create(cls, rulesets: Sequence[str] = ("default",), corrections: Mapping[str, str] | None = None) -> "Enricher":
         extra = [r for r in rulesets if r != "default"]
         rs = load_ruleset(*extra) if extra else default_ruleset()
-        return cls(rs, compile_corrections(corrections or {}))
+        return cls(rs, compile_corrections(corrections or None))  # None keeps the built-in table
 
     def derive(self, ad: Mapping[str, Any], events: Sequence[Mapping[str, Any]] | None = None,
                now: float | None = None) -> dict[str, Any]:
