@@ -143,12 +143,11 @@ def test_round_trip_and_reopen(tmp_path):
 
 def test_upsert_overwrites_and_outbox_holds_latest_once(tmp_path):
     with Store.open(tmp_path / "s.sqlite", max_bytes=BIG) as s:
-        ad = scenario_ad("success", 4200001, end=NOW)
-        v1 = record_for(ad)
-        held = dict(ad, JobStatus=5, HoldReasonCode=34, HoldReason="Job has gone over cgroup memory limit of 2000 "
-                    "megabytes. Last measured usage: 2600 megabytes.", EnteredCurrentStatus=NOW + 50)
-        v2 = record_for(held)
-        assert v1.doc_id == v2.doc_id and v1.doc != v2.doc
+        done = scenario_ad("memory_hold_removed", 4200001, end=NOW + 50)
+        running = dict(done, JobStatus=2, EnteredCurrentStatus=NOW - 3600, RemoveReason=None, LastHoldReason=None)
+        v1 = record_for(running)
+        v2 = record_for(done)
+        assert v1.doc_id == v2.doc_id and v1.doc != v2.doc and v1.status == "running"
         assert s.commit_batch([v1]) == 1
         assert s.commit_batch([v2]) == 1
         assert s.commit_batch([v2]) == 0  # unchanged: not rewritten, not re-enqueued
@@ -158,9 +157,28 @@ def test_upsert_overwrites_and_outbox_holds_latest_once(tmp_path):
         (item,) = s.outbox_take(10)
         assert item.doc == v2.doc and item.end_time == NOW + 50
         # the same id twice in one batch: the last one wins
-        assert s.commit_batch([v1, v2, v1]) == 1
+        v3 = record_for(dict(done, RemoveReason="removed by the shifter"))
+        assert s.commit_batch([v2, v3]) == 1
         (item,) = s.outbox_take(10)
-        assert item.doc == v1.doc and s.pending_count() == 1
+        assert item.doc == v3.doc and s.pending_count() == 1
+
+
+def test_a_late_non_final_version_does_not_undo_a_final_one(tmp_path):
+    ad = scenario_ad("success", 4200002, end=NOW)
+    final = record_for(ad)
+    late_queue_poll = record_for(dict(ad, JobStatus=2, CompletionDate=0, EnteredCurrentStatus=NOW - 600))
+    with Store.open(tmp_path / "s.sqlite", max_bytes=BIG) as s:
+        assert s.commit_batch([final]) == 1
+        assert s.commit_batch([late_queue_poll], Checkpoint("fermigrid", "jobsub01.fnal.gov", "queue", "t1")) == 0
+        assert s.stale_total == 1
+        assert s.checkpoint("fermigrid", "jobsub01.fnal.gov", "queue") == "t1"  # the batch itself went through
+        (doc,) = s.job(ad["GlobalJobId"])
+        assert doc.status == "completed" and doc.doc == orjson.loads(final.doc)
+        (item,) = s.outbox_take(10)
+        assert item.doc == final.doc
+        # a final version may still replace a final one (e.g. a reclassification)
+        recl = dataclasses.replace(final, category="code", doc=final.doc.replace(b'"none"', b'"code"'))
+        assert s.commit_batch([recl]) == 1 and s.job(ad["GlobalJobId"])[0].category == "code"
 
 
 def test_job_lookup_by_gjid_cluster_proc_and_doc_id(tmp_path):
@@ -205,9 +223,10 @@ def _verify_consistent(path: Path, n: int) -> int:
         ids = {d for (d,) in rows(path, "SELECT doc_id FROM records")}
         expected = {f"b{i:06d}-{j:04d}" for i in range(last + 1) for j in range(n)} | ({"latest"} if last >= 0 else set())
         assert ids == expected, f"checkpoint {last}: {len(ids ^ expected)} records differ"
+        zdict = [bytes(v) for (v,) in rows(path, "SELECT value FROM meta WHERE key = 'zdict'")]
         for d, codec, blob in rows(path, "SELECT doc_id, codec, doc FROM records"):
             i, j = (last, -1) if d == "latest" else (int(d[1:7]), int(d[8:]))
-            assert decode_doc(codec, blob) == cw.doc(i, j), d
+            assert decode_doc(codec, blob, *zdict) == cw.doc(i, j), d
         assert s.pending_count() == len(expected) == s.counts()["outbox"]
         assert rows(path, "PRAGMA integrity_check") == [("ok",)]
         return last
@@ -270,7 +289,7 @@ def _verify_consistent_tail(path: Path) -> bool:
 
 
 def test_store_full_is_back_pressure_not_loss(tmp_path):
-    recs = mixed_records(1200, seed=5)
+    recs = mixed_records(2400, seed=5)
     max_bytes = 1_500_000
     with Store.open(tmp_path / "s.sqlite", max_bytes=max_bytes) as s:
         batches = [recs[i:i + 50] for i in range(0, len(recs), 50)]
@@ -300,9 +319,16 @@ def test_store_full_is_back_pressure_not_loss(tmp_path):
         s.outbox_ack(i.seq for i in taken)
         assert s.pending_count() == 0
         assert s.commit_batch(batches[full_at], Checkpoint("fermigrid", "jobsub01.fnal.gov", "history", str(full_at)))
-        assert not s.full and s.pruned_total > 0
+        assert not s.full
         assert s.checkpoint("fermigrid", "jobsub01.fnal.gov", "history") == str(full_at)
         assert s.pending_count() == len(batches[full_at])
+        # from now on the shipper keeps up (one batch behind): old history is pruned, nothing refused
+        for k in range(full_at + 1, len(batches)):
+            s.outbox_ack(i.seq for i in s.outbox_take(10_000))
+            s.commit_batch(batches[k], Checkpoint("fermigrid", "jobsub01.fnal.gov", "history", str(k)))
+            ids = {d for (d,) in rows(s.path, "SELECT doc_id FROM records")}
+            assert {r.doc_id for r in batches[k]} <= ids
+        assert s.pruned_total > 0 and not s.full
         assert s.used_bytes() <= max_bytes and s.size_bytes() <= max_bytes + 200_000
 
 
@@ -840,3 +866,32 @@ def test_sources_and_shipper_threads_share_one_store(tmp_path):
         assert not errors
         assert len(shipped) == 4 * 40 * 25 and s.pending_count() == 0
         assert {s.checkpoint("p", f"jobsub0{n}", "history") for n in range(4)} == {"39"}
+
+
+# ---------------------------------------------------------------------------
+# document encoding
+
+
+def test_documents_compress_with_a_preset_dictionary_readable_by_other_processes(tmp_path):
+    path = tmp_path / "s.sqlite"
+    recs = mixed_records(400, seed=9)
+    reader = Store.open(path, max_bytes=BIG)  # opened before the dictionary exists
+    with Store.open(path, max_bytes=BIG) as writer:
+        writer.commit_batch(recs[:200])
+        writer.commit_batch(recs[200:])
+    codecs = dict(rows(path, "SELECT codec, COUNT(*) FROM records GROUP BY codec"))
+    assert codecs == {1: 200, 2: 200}  # the first batch plain zlib, then zlib with the dictionary
+    (zdict,) = rows(path, "SELECT length(value) FROM meta WHERE key = 'zdict'")
+    assert zdict[0] == 8192
+    raw = sum(len(r.doc) for r in recs[200:])
+    (stored,) = rows(path, "SELECT SUM(length(doc)) FROM records WHERE codec = 2")
+    assert raw / stored[0] > 4, raw / stored[0]
+    for r in recs[::25]:
+        (got,) = reader.job(r.global_job_id)
+        assert got.doc == orjson.loads(r.doc)
+    assert {i.doc_id: i.doc for i in reader.outbox_take(1000)} == {r.doc_id: r.doc for r in recs}
+    reader.close()
+    with Store.open(path, max_bytes=BIG, compress=False) as plain:  # an uncompressed writer still reads all
+        plain.commit_batch([simple("raw1")])
+        assert rows(path, "SELECT codec FROM records WHERE doc_id = 'raw1'") == [(0,)]
+        assert len(plain.outbox_take(1000)) == 401
