@@ -1,0 +1,304 @@
+"""The live schedd source: discovery through the collectors, queue polls, and the poller that
+drives queue, history and job epoch polls of every schedd with bounded concurrency.
+
+* :class:`Discovery` asks each pool's collectors (in order, failing over) for its schedds,
+  keeps those the pool's allow/deny patterns select, and remembers them: when no collector
+  answers, the pool's discovery is reported down and the last known list is used; a schedd
+  that stops being advertised (e.g. ``condor_off``) is still polled – and reported down – for
+  ``forget_after_s`` so that it shows up as down rather than silently disappearing.
+* :func:`poll_queue` counts a schedd's jobs by status and hands off the held and removed jobs
+  (failures seen live) with checkpoint None.
+* :class:`ScheddSources` polls everything: one discovery per pool, then per schedd the
+  configured kinds (``queue``, ``history``, ``epochs``) in a thread pool of
+  ``max_concurrent_schedds``; every HTCondor query runs in its own worker process with a
+  timeout (see :mod:`opos_monitor.sources.htc` for why), and a failing source is skipped with
+  exponential backoff without holding up the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from ..config import HTCondorConfig, PoolConfig
+from ..records import STATUS_NAMES, JobRecord, status_name
+from .base import Handoff, PollResult, SourceKey
+from .history import EPOCHS, HISTORY, HistoryOptions, poll_history
+from .htc import (JOB_ATTRS, Backoff, CollectorTarget, ProcessRunner, QueryError, QueryTimeout, Runner,
+                  ScheddTarget, TokenDir, ad_dict, condor_params, job_projection, schedd_selected)
+
+__all__ = [
+    "ALL_SCHEDDS",
+    "DISCOVERY",
+    "KINDS",
+    "Discovery",
+    "KnownSchedd",
+    "ScheddSources",
+    "poll_queue",
+    "status_counts",
+]
+
+log = logging.getLogger(__name__)
+
+DISCOVERY = "discovery"  # SourceKey.source of a pool's discovery result
+ALL_SCHEDDS = "*"  # SourceKey.schedd of a pool's discovery result
+KINDS = ("queue", "history", "epochs")
+SCHEDD_AD_ATTRS = ("Name", "MyAddress", "CondorVersion", "MyType")
+FAILED_LIVE = "JobStatus == 3 || JobStatus == 5"  # removed or held, still in the queue
+
+
+# ---------------------------------------------------------------------------
+# discovery
+
+
+def fetch_schedd_ads(client: Any) -> list[dict[str, str]]:
+    """Worker: the collector's Schedd ads (name, address, version) as plain dicts."""
+    import htcondor2
+
+    ads = client.query(htcondor2.AdType.Schedd, None, list(SCHEDD_AD_ATTRS))
+    return [{k: str(ad[k]) for k in SCHEDD_AD_ATTRS if k in ad} for ad in ads]
+
+
+@dataclass(slots=True)
+class KnownSchedd:
+    """A schedd discovery knows: where it is, and since when it is no longer advertised."""
+
+    target: ScheddTarget
+    missing_since: Optional[float] = None
+
+
+@dataclass
+class Discovery:
+    """Schedds of every pool, from the collectors, with failover and a last-known list."""
+
+    pools: Mapping[str, PoolConfig]
+    runner: Runner
+    forget_after_s: float = 86400.0
+    timeout_s: Optional[float] = None
+    clock: Callable[[], float] = time.time
+    _known: dict[str, dict[str, KnownSchedd]] = field(default_factory=dict)
+
+    def discover(self) -> list[PollResult]:
+        """One discovery per pool; ``ok=False`` (with every collector's error) when none answered."""
+        return [self.discover_pool(name) for name in self.pools]
+
+    def discover_pool(self, pool: str) -> PollResult:
+        t0 = time.monotonic()
+        result = PollResult(SourceKey(pool, ALL_SCHEDDS, DISCOVERY))
+        errors = []
+        for address in self.pools[pool].collectors:
+            try:
+                ads = self.runner.call(CollectorTarget(pool, address), fetch_schedd_ads, timeout=self.timeout_s)
+            except QueryError as exc:
+                errors.append(str(exc))
+                continue
+            if errors:
+                log.warning("pool %s: used collector %s after: %s", pool, address, "; ".join(errors))
+            self._update(pool, ads)
+            break
+        else:
+            kept = len(self._known.get(pool, {}))
+            result.ok = False
+            result.error = (f"pool {pool}: no collector answered ({'; '.join(errors)}); "
+                            f"keeping the {kept} schedd(s) known from the last discovery")
+            log.warning("%s", result.error)
+        result.duration_s = time.monotonic() - t0
+        return result
+
+    def _update(self, pool: str, ads: Sequence[Mapping[str, str]]) -> None:
+        cfg = self.pools[pool]
+        now = self.clock()
+        known = self._known.setdefault(pool, {})
+        seen = set()
+        for ad in ads:
+            name, address = ad.get("Name"), ad.get("MyAddress")
+            if not name or not address or not schedd_selected(name, cfg.schedds_allow, cfg.schedds_deny):
+                continue
+            seen.add(name)
+            known[name] = KnownSchedd(ScheddTarget(pool, name, address, ad.get("CondorVersion", "")))
+        for name, k in list(known.items()):
+            if name in seen:
+                continue
+            if k.missing_since is None:
+                k.missing_since = now
+                log.warning("pool %s: schedd %s is no longer advertised by the collector", pool, name)
+            elif now - k.missing_since > self.forget_after_s:
+                log.warning("pool %s: forgetting schedd %s (not advertised for %.0f s)", pool, name,
+                            now - k.missing_since)
+                del known[name]
+
+    def schedds(self) -> list[KnownSchedd]:
+        """Every schedd to poll (advertised or recently missing), sorted by pool and name."""
+        return [k for pool in sorted(self._known) for _, k in sorted(self._known[pool].items())]
+
+
+# ---------------------------------------------------------------------------
+# queue
+
+
+def status_counts(codes: Sequence[Any]) -> dict[str, int]:
+    """Jobs by status name (every known status present, zeros included)."""
+    counts = {name: 0 for name in STATUS_NAMES.values()}
+    for code in codes:
+        name = status_name(code)
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def fetch_queue(client: Any, projection: Sequence[str], pool: str, schedd: str) -> tuple[dict[str, int], list[JobRecord]]:
+    """Worker: counts by status (every job) and the held/removed jobs as records."""
+    codes = [ad.get("JobStatus") for ad in client.query("true", ["JobStatus"])]
+    failed = client.query(FAILED_LIVE, list(projection))
+    records = [JobRecord.from_ad(ad_dict(ad), pool=pool, schedd=schedd, source="queue") for ad in failed]
+    return status_counts(codes), records
+
+
+def poll_queue(runner: Runner, target: ScheddTarget, handoff: Handoff, *, projection: Sequence[str] = JOB_ATTRS,
+               batch_size: int = 1000, timeout_s: Optional[float] = None) -> PollResult:
+    """Poll one schedd's queue: fills ``status_counts`` and ``records`` (held + removed jobs
+    handed off, checkpoint None). A failed query raises QueryError."""
+    t0 = time.monotonic()
+    key = SourceKey(target.pool, target.name, "queue")
+    counts, records = runner.call(target, fetch_queue, tuple(projection), target.pool, target.name,
+                                  timeout=timeout_s)
+    for i in range(0, len(records), batch_size):
+        handoff.commit(key, records[i:i + batch_size], None)
+    return PollResult(key, status_counts=counts, records=len(records), duration_s=time.monotonic() - t0)
+
+
+# ---------------------------------------------------------------------------
+# everything, for every schedd
+
+
+class _LockedHandoff:
+    """Serialises hand-offs from the poller's threads (the pipeline's Handoff need not be thread-safe)."""
+
+    def __init__(self, inner: Handoff) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+
+    def checkpoint(self, key: SourceKey) -> Optional[str]:
+        with self._lock:
+            return self._inner.checkpoint(key)
+
+    def commit(self, key: SourceKey, records: Sequence[JobRecord], checkpoint: Optional[str]) -> None:
+        with self._lock:
+            self._inner.commit(key, records, checkpoint)
+
+
+def _connectivity(exc: QueryError) -> bool:
+    """Whether a query error says the schedd itself cannot be reached (so its other sources would fail too)."""
+    text = str(exc).lower()
+    return isinstance(exc, QueryTimeout) or any(s in text for s in ("connect", "secman", "did not respond",
+                                                                      "worker died", "no route", "refused"))
+
+
+class ScheddSources:
+    """Discovery plus queue/history/epoch polls of every schedd of every configured pool.
+
+    ``poll()`` returns one :class:`PollResult` per pool discovery (``schedd="*"``,
+    ``source="discovery"``) and one per (schedd, kind).  Hand-offs are serialised; the
+    ``handoff`` sees records in commit order per source.  ``close()`` stops the threads and
+    removes the private token directory.
+    """
+
+    def __init__(self, pools: Mapping[str, PoolConfig], htcondor: HTCondorConfig, handoff: Handoff, *,
+                 kinds: Sequence[str] = ("queue", "history"), runner: Optional[Runner] = None,
+                 history: Optional[HistoryOptions] = None, backoff: Optional[Backoff] = None,
+                 forget_after_s: float = 86400.0, extra_attrs: Sequence[str] = (),
+                 clock: Callable[[], float] = time.time) -> None:
+        unknown = set(kinds) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown source kind(s) {sorted(unknown)}; known: {KINDS}")
+        self.kinds = tuple(k for k in KINDS if k in kinds)
+        self.timeout_s = htcondor.query_timeout_s
+        self._token_dir = TokenDir(htcondor.token_file) if (runner is None and htcondor.token_file) else None
+        self.runner = runner or ProcessRunner(
+            condor_params(htcondor, self._token_dir.path if self._token_dir else None), htcondor.query_timeout_s)
+        self.projection = job_projection(extra_attrs)
+        self.history = history or HistoryOptions(projection=self.projection)
+        self.backoff = backoff or Backoff()
+        self.handoff = _LockedHandoff(handoff)
+        self.discovery = Discovery(pools, self.runner, forget_after_s, self.timeout_s, clock)
+        self.clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=htcondor.max_concurrent_schedds, thread_name_prefix="opos-schedd")
+
+    def poll(self, kinds: Optional[Sequence[str]] = None) -> list[PollResult]:
+        """Discover, then poll every known schedd (``kinds`` default: the configured ones)."""
+        kinds = self.kinds if kinds is None else tuple(k for k in KINDS if k in kinds)
+        results = self.discovery.discover()
+        futures = [self._pool.submit(self.poll_schedd, known, kinds) for known in self.discovery.schedds()]
+        for f in futures:
+            results.extend(f.result())
+        return results
+
+    def poll_schedd(self, known: KnownSchedd, kinds: Sequence[str]) -> list[PollResult]:
+        """Poll one schedd's sources in order; once one finds the schedd unreachable, the rest
+        are reported down with the same error (and back off) instead of each timing out."""
+        results = []
+        down: Optional[str] = None
+        for kind in kinds:
+            key = SourceKey(known.target.pool, known.target.name, kind)
+            if down is not None:
+                self.backoff.failure(key, down)
+                results.append(PollResult(key, ok=False, error=down))
+                continue
+            result, unreachable = self._poll_one(known, kind, key)
+            if unreachable:
+                down = result.error
+            results.append(result)
+        return results
+
+    def _poll_one(self, known: KnownSchedd, kind: str, key: SourceKey) -> tuple[PollResult, bool]:
+        """One source of one schedd: ``(result, schedd unreachable)``."""
+        wait = self.backoff.wait_s(key)
+        if wait > 0:
+            return PollResult(key, ok=False, error=(
+                f"{known.target.name}: not polled for {wait:.0f} s more (backoff after "
+                f"{self.backoff.failures(key)} failure(s)); last error: {self.backoff.last_error(key)}")), False
+        t0 = time.monotonic()
+        try:
+            result = self._run(known.target, kind)
+        except QueryError as exc:
+            error = self._with_note(known, str(exc))
+            delay = self.backoff.failure(key, error)
+            log.warning("%s down: %s (next try in %.0f s)", key, error, delay)
+            return PollResult(key, ok=False, error=error, duration_s=time.monotonic() - t0), _connectivity(exc)
+        except Exception as exc:  # noqa: BLE001 - a hand-off failure: report it, the schedd is fine
+            log.exception("%s: hand-off failed", key)
+            return PollResult(key, ok=False, error=f"{known.target.name}: hand-off failed: {exc}",
+                              duration_s=time.monotonic() - t0), False
+        self.backoff.success(key)
+        return result, False
+
+    def _run(self, target: ScheddTarget, kind: str) -> PollResult:
+        if kind == "queue":
+            return poll_queue(self.runner, target, self.handoff, projection=self.projection,
+                              batch_size=self.history.batch_size, timeout_s=self.timeout_s)
+        stream = HISTORY if kind == "history" else EPOCHS
+        return poll_history(self.runner, target, self.handoff, stream, self.history, self.clock)
+
+    @staticmethod
+    def _with_note(known: KnownSchedd, error: str) -> str:
+        if known.missing_since is None:
+            return error
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(known.missing_since))
+        return f"{error} (not advertised by the collector since {since})"
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        close = getattr(self.runner, "close", None)
+        if close:
+            close()
+        if self._token_dir is not None:
+            self._token_dir.close()
+
+    def __enter__(self) -> "ScheddSources":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
