@@ -1,8 +1,9 @@
 """The exposition server: ``/metrics``, ``/healthz`` and ``/readyz`` on one address.
 
 A stdlib ``ThreadingHTTPServer`` served from a daemon thread. ``/metrics`` renders the
-explicit registry (content negotiated with ``prometheus_client.exposition.choose_encoder``:
-Prometheus text by default, OpenMetrics when asked, gzip when accepted). ``/healthz`` answers
+explicit registry: Prometheus text format 0.0.4 (fast path: ``OposRegistry.render_text``)
+whenever the client accepts it, OpenMetrics for clients that accept only that, gzip when
+accepted. ``/healthz`` answers
 200 while the process serves (plus an optional liveness callable); ``/readyz`` asks the
 readiness callable, which returns ``{check name: passed}``, and answers 200 when every check
 passes, 503 otherwise, with a JSON body naming the failing checks.
@@ -17,11 +18,12 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Mapping
 
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-__all__ = ["Checks", "ExpositionServer", "check_body", "parse_listen"]
+__all__ = ["CONTENT_TYPE_TEXT", "Checks", "ExpositionServer", "accepts_text", "check_body", "exposition", "parse_listen"]
 
+CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 #: A health callable: check name -> passed.
 Checks = Callable[[], Mapping[str, bool]]
 
@@ -58,6 +60,42 @@ def check_body(checks: Callable[[], Mapping[str, bool]] | None) -> tuple[int, by
     return (200 if ok else 503), json.dumps(body, sort_keys=True).encode() + b"\n"
 
 
+def accepts_text(accept: str) -> bool:
+    """Whether an Accept header admits Prometheus text format (``text/plain``, ``text/*``,
+    ``*/*`` with q > 0, or no header at all)."""
+    if not accept.strip():
+        return True
+    for item in accept.split(","):
+        media, *params = (p.strip() for p in item.split(";"))
+        if media.lower() not in ("text/plain", "text/*", "*/*"):
+            continue
+        q = 1.0
+        for p in params:
+            k, _, v = p.partition("=")
+            if k.strip().lower() == "q":
+                try:
+                    q = float(v)
+                except ValueError:
+                    q = 0.0
+        if q > 0:
+            return True
+    return False
+
+
+def exposition(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
+    """The /metrics body and content type for an Accept header.
+
+    Prometheus text format 0.0.4 whenever the client accepts it — Prometheus does, even though
+    it lists OpenMetrics first — rendered by the registry's fast ``render_text`` when it has one;
+    OpenMetrics (prometheus_client's encoder) only for clients that do not accept text."""
+    if not accepts_text(accept) and "openmetrics" in accept.lower():
+        encoder, ctype = choose_encoder(accept)
+        return encoder(registry), ctype
+    render = getattr(registry, "render_text", None)
+    body = render() if render is not None else generate_latest(registry)
+    return body, CONTENT_TYPE_TEXT
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -91,8 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, head: bool) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
-            body = encoder(self.server.registry)
+            body, ctype = exposition(self.server.registry, self.headers.get("Accept", ""))
             extra = {}
             if "gzip" in self.headers.get("Accept-Encoding", ""):
                 body = gzip.compress(body, compresslevel=1)

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from opos_monitor.sinks.http import ExpositionServer, check_body, parse_listen
+from opos_monitor.sinks.http import ExpositionServer, accepts_text, check_body, exposition, parse_listen
 from opos_monitor.sinks.metrics import MetricsState, make_registry
 from opos_monitor.sources.base import PollResult, SourceKey
 
@@ -76,6 +76,33 @@ def test_metrics_openmetrics_and_gzip_negotiation(server):
     code, headers, body = get(server.url + "/metrics", {"Accept-Encoding": "gzip"})
     assert code == 200 and headers["Content-Encoding"] == "gzip"
     assert b"opos_store_pending_records 42.0" in gzip.decompress(body)
+
+
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+                     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")  # what Prometheus 2.42 sends
+
+
+def test_prometheus_accept_header_gets_the_fast_text_format(server, state):
+    code, headers, body = get(server.url + "/metrics", {"Accept": PROMETHEUS_ACCEPT})
+    assert code == 200 and headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert not body.rstrip().endswith(b"# EOF")
+    assert b"opos_store_pending_records 42.0" in body
+
+
+def test_accepts_text():
+    assert accepts_text("") and accepts_text("*/*") and accepts_text("text/plain;version=0.0.4")
+    assert accepts_text(PROMETHEUS_ACCEPT)
+    assert not accepts_text("application/openmetrics-text; version=1.0.0")
+    assert not accepts_text("application/openmetrics-text, text/plain;q=0")
+
+
+def test_exposition_of_a_plain_registry_uses_generate_latest():
+    from prometheus_client import CollectorRegistry, Counter
+
+    reg = CollectorRegistry()
+    Counter("opos_test_things", "things", registry=reg).inc()
+    body, ctype = exposition(reg, "")
+    assert b"opos_test_things_total 1.0" in body and ctype.startswith("text/plain; version=0.0.4")
 
 
 def test_healthz_is_200_while_serving(server):

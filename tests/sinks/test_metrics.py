@@ -361,3 +361,48 @@ def test_promtool_check_metrics_catches_a_bad_exposition(promtool):
     bad = "# HELP opos_bad a counter\n# TYPE opos_bad counter\nopos_bad 1\n"
     proc = subprocess.run([promtool, "check", "metrics"], input=bad, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "_total" in proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------ fast text path
+def test_render_text_is_byte_identical_to_generate_latest():
+    s = realistic_state()
+    reg = make_registry(s, process=False)
+    assert reg.render_text() == generate_latest(reg)
+    # twice: the second render comes from the prefix cache
+    s.observe_finished(POOL, S1, "MWT2", "site", n=3)
+    assert reg.render_text() == generate_latest(reg)
+
+
+def test_render_text_escapes_and_formats_like_prometheus_client():
+    s = MetricsState(clock=lambda: 1.5e9 + 0.123)
+    odd = ['quo"te', "back\\slash", "new\nline", "ünïcode ✓", "", "other", "a,b=c}"]
+    s.set_schedds('pool "x"', odd[:3])
+    s.set_sites(odd)
+    for site in odd:
+        s.observe_finished("p", "s", site, "memory", n=10**7)
+    s.observe_poll(PollResult(SourceKey("p", "s", "history"), duration_s=1e-7, lag_s=float("inf")))
+    s.observe_poll(PollResult(SourceKey("p", "s", "queue"), duration_s=float("nan")))
+    s.set_store(pending=2**53, dead=0, size_bytes=123456789012, full=False, max_bytes=999_999)
+    s.observe_es(1, 0, 0, 1e-9)
+    reg = make_registry(s, process=False)
+    assert reg.render_text() == generate_latest(reg)
+
+
+def test_render_text_includes_other_collectors_in_registration_order():
+    s = realistic_state()
+    reg = make_registry(s, process=True)
+    fast = [f.name for f in text_string_to_metric_families(reg.render_text().decode())]
+    slow = [f.name for f in text_string_to_metric_families(generate_latest(reg).decode())]
+    assert fast == slow and "process_cpu_seconds" in fast and fast[0] == "opos_build_info"
+
+
+def test_render_text_prefix_cache_stays_bounded():
+    s = MetricsState()
+    reg = make_registry(s, process=False)
+    for i in range(30):
+        s.set_schedds("p", [f"s{i}"])
+        reg.render_text()
+        s.forget_schedd("p", f"s{i}")
+    reg.render_text()
+    assert max(len(c) for c in reg._renderer._prefixes.values()) <= 2 * 8 + 1024
+    assert reg.render_text() == generate_latest(reg)
