@@ -152,3 +152,14 @@ def test_rules_use_only_exported_series():
     exprs = " ".join(re.findall(r"expr: (.*?)(?=\n\s+(?:for|labels|- record|- alert)|\Z)", text, re.S))
     used = set(re.findall(r"(?<![:\w])(opos_[a-z_]+)(?![:\w])", exprs))
     assert used and used <= exported, f"not exported: {sorted(used - exported)}"
+
+
+def test_docs_table_lists_every_alert_with_its_severity_and_for():
+    doc = (RUNBOOKS.parent / "metrics.md").read_text()
+    rows = {name: (sev, dur) for name, sev, dur in
+            re.findall(r"^\| (Opos\w+) \| (\w+) \| (\d+[smh]) \|", doc, re.M)}
+    assert sorted(rows) == sorted(alert_names())
+    for alert, block in alert_blocks().items():
+        sev = re.search(r"^\s+severity: (\w+)\s*$", block, re.M).group(1)
+        dur = re.search(r"^\s+for: (\d+[smh])\s*$", block, re.M).group(1)
+        assert rows[alert] == (sev, dur), alert

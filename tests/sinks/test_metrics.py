@@ -406,3 +406,15 @@ def test_render_text_prefix_cache_stays_bounded():
     reg.render_text()
     assert max(len(c) for c in reg._renderer._prefixes.values()) <= 2 * 8 + 1024
     assert reg.render_text() == generate_latest(reg)
+
+
+# ------------------------------------------------------------------------------ docs in sync
+def test_docs_list_every_series_and_no_other():
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    text = generate_latest(make_registry(realistic_state(), process=False)).decode()
+    exported = dict(re.findall(r"^# TYPE (opos_\w+) (\w+)$", text, re.M))
+    documented = dict(re.findall(r"^\| `(opos_\w+)` \| (\w+)", doc, re.M))
+    assert set(documented) == set(exported), (set(exported) ^ set(documented))
+    for name, typ in exported.items():
+        assert documented[name] == typ, (name, typ, documented[name])
+    assert f"at most **{MetricsState().max_sites}** distinct values" in doc
