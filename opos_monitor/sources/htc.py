@@ -308,9 +308,11 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _worker_main(conn: Any, params: Mapping[str, str], target: Any, fn: Callable[..., Any], args: tuple) -> None:
+def _worker_main(conn: Any, env: Mapping[str, str], params: Mapping[str, str], target: Any,
+                 fn: Callable[..., Any], args: tuple) -> None:
     """Entry point of a query worker process: apply settings, connect, run, send the result."""
     try:
+        os.environ.update(env)
         apply_params(params)
         result = ("ok", fn(connect(target), *args))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, never raised here
@@ -324,13 +326,17 @@ def _worker_main(conn: Any, params: Mapping[str, str], target: Any, fn: Callable
 class ProcessRunner:
     """Runs each query in a fresh worker process (forkserver) and enforces a timeout.
 
-    ``params`` are the HTCondor client knobs (:func:`condor_params`), applied in every worker.
+    ``params`` are the HTCondor client knobs (:func:`condor_params`), applied in every worker;
+    ``env`` is set in the worker's environment first (e.g. ``CONDOR_CONFIG``: workers descend
+    from the forkserver, whose environment is the daemon's when the server started).
     The forkserver is started on first use with :data:`PRELOAD` imported, so a worker costs a
     fork plus HTCondor's authentication handshake (≈ 30-80 ms here).
     """
 
-    def __init__(self, params: Mapping[str, str], timeout_s: float, *, preload: Sequence[str] = PRELOAD) -> None:
+    def __init__(self, params: Mapping[str, str], timeout_s: float, *, env: Mapping[str, str] | None = None,
+                 preload: Sequence[str] = PRELOAD) -> None:
         self.params = dict(params)
+        self.env = dict(env or {})
         self.timeout_s = float(timeout_s)
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(list(preload))
@@ -340,7 +346,7 @@ class ProcessRunner:
     def call(self, target: Any, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         timeout = self.timeout_s if timeout is None else float(timeout)
         recv, send = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(target=_worker_main, args=(send, self.params, target, fn, args),
+        proc = self._ctx.Process(target=_worker_main, args=(send, self.env, self.params, target, fn, args),
                                  name=f"opos-query {_describe(target)}", daemon=True)
         with self._lock:
             proc.start()
@@ -357,8 +363,8 @@ class ProcessRunner:
             ready = recv.poll(timeout)
             message = recv.recv() if ready else None
         except (EOFError, OSError):
-            code = proc.exitcode if not proc.is_alive() else None
-            raise QueryError(f"{_describe(target)}: query worker died (exit code {code})") from None
+            proc.join(2)
+            raise QueryError(f"{_describe(target)}: query worker died (exit code {proc.exitcode})") from None
         if message is None:
             raise QueryTimeout(f"{_describe(target)}: no answer within {timeout:g} s (query abandoned)")
         if message[0] == "ok":

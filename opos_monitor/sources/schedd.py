@@ -203,14 +203,16 @@ class ScheddSources:
     ``poll()`` returns one :class:`PollResult` per pool discovery (``schedd="*"``,
     ``source="discovery"``) and one per (schedd, kind).  Hand-offs are serialised; the
     ``handoff`` sees records in commit order per source.  ``close()`` stops the threads and
-    removes the private token directory.
+    removes the private token directory.  ``worker_env`` is set in every query worker's
+    environment (e.g. ``{"CONDOR_CONFIG": "/dev/null"}``); ``extra_attrs`` extend the job
+    projection (e.g. attributes a custom ruleset reads).
     """
 
     def __init__(self, pools: Mapping[str, PoolConfig], htcondor: HTCondorConfig, handoff: Handoff, *,
                  kinds: Sequence[str] = ("queue", "history"), runner: Optional[Runner] = None,
                  history: Optional[HistoryOptions] = None, backoff: Optional[Backoff] = None,
                  forget_after_s: float = 86400.0, extra_attrs: Sequence[str] = (),
-                 clock: Callable[[], float] = time.time) -> None:
+                 worker_env: Optional[Mapping[str, str]] = None, clock: Callable[[], float] = time.time) -> None:
         unknown = set(kinds) - set(KINDS)
         if unknown:
             raise ValueError(f"unknown source kind(s) {sorted(unknown)}; known: {KINDS}")
@@ -218,7 +220,8 @@ class ScheddSources:
         self.timeout_s = htcondor.query_timeout_s
         self._token_dir = TokenDir(htcondor.token_file) if (runner is None and htcondor.token_file) else None
         self.runner = runner or ProcessRunner(
-            condor_params(htcondor, self._token_dir.path if self._token_dir else None), htcondor.query_timeout_s)
+            condor_params(htcondor, self._token_dir.path if self._token_dir else None), htcondor.query_timeout_s,
+            env=worker_env)
         self.projection = job_projection(extra_attrs)
         self.history = history or HistoryOptions(projection=self.projection)
         self.backoff = backoff or Backoff()
