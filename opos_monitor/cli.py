@@ -58,6 +58,25 @@ def cmd_failures(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
+def cmd_once(args: argparse.Namespace) -> int:
+    from . import commands_once
+    from .sinks.store import StoreError
+
+    cfg = _load(args)
+    _logging(args, cfg)
+    try:
+        return commands_once.run(cfg, as_json=args.json)
+    except StoreError as exc:
+        print(f"opos-monitor once: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _logging(args: argparse.Namespace, cfg: Config) -> None:
+    from .logsetup import configure_logging
+
+    configure_logging(args.log_level or cfg.logging.level, args.log_format or cfg.logging.format)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opos-monitor",
@@ -98,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
     p.add_argument("--json", action="store_true", help="one JSON object per failed job")
     p.set_defaults(func=cmd_failures)
+
+    p = sub.add_parser("once", help="poll every configured source once and print a summary per schedd")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_once)
     return parser
 
 

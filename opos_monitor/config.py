@@ -66,6 +66,9 @@ class HTCondorConfig(_Section):
 
 
 class SourcesConfig(_Section):
+    # what to poll on every schedd: "queue", "history", "epochs" (per-attempt records; needs the
+    # schedd's JOB_EPOCH_HISTORY)
+    schedd_sources: list[Literal["queue", "history", "epochs"]] = ["queue", "history"]
     queue_interval_s: float = Field(60.0, ge=1)
     history_interval_s: float = Field(120.0, ge=1)
     eventlog_interval_s: float = Field(30.0, ge=1)

@@ -19,6 +19,7 @@ from .enrich.derive import Enricher
 from .records import JobRecord
 from .sinks.store import Checkpoint, Store, StoredRecord, stored_from
 from .sources.base import SourceKey
+from .sources.history import attempt_of
 
 #: Called after a batch is durably committed: (key, the records, their derived dicts).
 Observer = Callable[[SourceKey, Sequence[JobRecord], Sequence[Mapping[str, Any]]], None]
@@ -59,9 +60,14 @@ class Pipeline:
         for observe in self.observers:
             observe(key, records, derived)
 
+    def commit_with_events(self, key: SourceKey, records: Sequence[JobRecord],
+                           events: Sequence[Sequence[Mapping[str, Any]] | None], checkpoint: str | None) -> None:
+        """The event-log source's hand-off: ``events[i]`` are the events of ``records[i]``."""
+        self.commit(key, records, checkpoint, events=events)
+
     @staticmethod
     def _stored(record: JobRecord, derived: Mapping[str, Any], now: float) -> StoredRecord:
-        attempt = record.attrs.get("OposAttempt") if record.source == "epochs" else None
+        attempt = attempt_of(record) if record.source == "epochs" else None
         return stored_from(record, derived, derived.get("site"), attempt=attempt, updated_at=now)
 
     def _count(self, key: SourceKey, derived: Sequence[Mapping[str, Any]]) -> None:

@@ -1,0 +1,174 @@
+"""Everything one process needs, built from a Config: store, enrich pipeline, sources, metrics.
+
+``once`` and the daemon (``run``) both use a :class:`Runtime`; the daemon only adds scheduling,
+the HTTP endpoints, signals and systemd notification around it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from .config import Config
+from .enrich.blackhole import BlackHoleDetector
+from .enrich.derive import Enricher
+from .logsetup import get_logger
+from .pipeline import Pipeline
+from .records import JobRecord
+from .sinks.metrics import MetricsState
+from .sinks.store import Store
+from .sources.base import PollResult, SourceKey
+from .sources.schedd import KnownSchedd, ScheddSources
+
+log = get_logger("opos_monitor.runtime")
+
+#: Attributes that give a finished job's runtime and execute host (for black-hole detection).
+_HOST_ATTRS = ("LastRemoteHost", "RemoteHost", "StartdName")
+
+
+@dataclass(slots=True)
+class _QueueTally:
+    held: Counter
+
+
+class Runtime:
+    """Store + pipeline + schedd/event-log/ad-file sources + metrics state for one config."""
+
+    def __init__(self, cfg: Config, *, metrics: MetricsState | None = None, schedd_kinds: Sequence[str] | None = None,
+                 runner: Any = None) -> None:
+        self.cfg = cfg
+        self.metrics = metrics or MetricsState()
+        self.store = Store.open(cfg.store_path, max_bytes=cfg.store.max_bytes,
+                                outbox_enabled=cfg.elasticsearch.enabled)
+        c = cfg.classifier
+        self.blackholes = BlackHoleDetector(threshold=c.blackhole_threshold, window_s=c.blackhole_window_s,
+                                            max_runtime_s=c.blackhole_max_runtime_s)
+        self.enricher = Enricher.create(c.rulesets, cfg.sites.corrections)
+        self.pipeline = Pipeline(self.store, self.enricher, observers=[self._observe])
+        kinds = tuple(schedd_kinds or cfg.sources.schedd_sources)
+        self.schedds = ScheddSources(cfg.pools, cfg.htcondor, self.pipeline, kinds=kinds, runner=runner,
+                                     extra_attrs=("JobCurrentStartDate", "LastJobStatus"))
+        self.eventlogs = self._eventlog_source()
+        self._tally: dict[tuple[str, str], _QueueTally] = {}
+        self._lock = threading.Lock()
+        self.last_progress = time.monotonic()
+        if cfg.elasticsearch.enabled:
+            self.metrics.declare_sink(cfg.elasticsearch.kind)
+        self.refresh_store_metrics()
+
+    # -- sources ------------------------------------------------------------------------------
+
+    def _eventlog_source(self) -> Any:
+        if not self.cfg.sources.eventlogs:
+            return None
+        from .sources.eventlog import EventLogSource
+
+        return EventLogSource(self.pipeline, self.cfg.sources.eventlogs)
+
+    def discover(self) -> list[PollResult]:
+        results = self.schedds.discovery.discover()
+        for r in results:
+            self.metrics.observe_poll(r)
+        by_pool: dict[str, list[str]] = {}
+        for known in self.schedds.discovery.schedds():
+            by_pool.setdefault(known.target.pool, []).append(known.target.name)
+        for pool, names in by_pool.items():
+            self.metrics.set_schedds(pool, names, self.schedds.kinds)
+        return results
+
+    def known_schedds(self) -> list[KnownSchedd]:
+        return self.schedds.discovery.schedds()
+
+    def poll_schedd(self, known: KnownSchedd, kinds: Sequence[str]) -> list[PollResult]:
+        """Poll some sources of one schedd and account for the results."""
+        key2 = (known.target.pool, known.target.name)
+        if "queue" in kinds:
+            with self._lock:
+                self._tally[key2] = _QueueTally(Counter())
+        results = self.schedds.poll_schedd(known, kinds)
+        for r in results:
+            self._account(r)
+        return results
+
+    def poll_all(self, kinds: Sequence[str] | None = None) -> list[PollResult]:
+        """Discovery, then every schedd's sources (bounded concurrency), then event logs."""
+        results = self.discover()
+        kinds = tuple(kinds or self.schedds.kinds)
+        futures = [self.schedds._pool.submit(self.poll_schedd, k, kinds) for k in self.known_schedds()]
+        for f in futures:
+            results.extend(f.result())
+        results.extend(self.poll_eventlogs())
+        return results
+
+    def poll_eventlogs(self) -> list[PollResult]:
+        if self.eventlogs is None:
+            return []
+        results = self.eventlogs.poll()
+        for r in results:
+            self._account(r)
+        return results
+
+    def replay_adfiles(self) -> list[PollResult]:
+        if not self.cfg.sources.adfiles:
+            return []
+        from .sources.adfile import replay
+
+        results = replay(self.pipeline, self.cfg.sources.adfiles)
+        for r in results:
+            self._account(r)
+        return results
+
+    # -- accounting -----------------------------------------------------------------------------
+
+    def _account(self, r: PollResult) -> None:
+        self.metrics.observe_poll(r)
+        if r.ok:
+            self.last_progress = time.monotonic()
+        if r.key.source == "queue" and r.ok:
+            with self._lock:
+                tally = self._tally.pop((r.key.pool, r.key.schedd), _QueueTally(Counter()))
+            self.metrics.set_queue(r.key.pool, r.key.schedd, r.status_counts, dict(tally.held))
+        if r.gap:
+            log.warning("history gap", source=str(r.key), gap=r.gap)
+        self.refresh_store_metrics()
+
+    def _observe(self, key: SourceKey, records: Sequence[JobRecord], derived: Sequence[Mapping[str, Any]]) -> None:
+        """After a durable commit: queue tallies, finished-job counters, black-hole feed."""
+        if key.source == "queue":
+            self._tally_queue(key, records, derived)
+            return
+        if key.source not in ("history", "eventlog", "adfile"):
+            return
+        flagged_before = len(self.blackholes.flagged_hosts())
+        for rec, d in zip(records, derived):
+            if rec.status not in ("completed", "removed"):
+                continue
+            self.metrics.observe_finished(rec.pool, rec.schedd, d.get("site"), d.get("category"))
+            end = rec.completion_date or rec.entered_current_status
+            if end is not None:
+                host = next((rec.attrs.get(a) for a in _HOST_ATTRS if rec.attrs.get(a)), None)
+                self.blackholes.observe(end.timestamp(), host, d.get("site"), d.get("category") != "none",
+                                        rec.remote_wall_clock_time_s)
+        flags = self.blackholes.flagged_hosts() + self.blackholes.flagged_sites()
+        if flags or flagged_before:
+            self.metrics.set_blackholes(flags)
+
+    def _tally_queue(self, key: SourceKey, records: Sequence[JobRecord], derived: Sequence[Mapping[str, Any]]) -> None:
+        with self._lock:
+            tally = self._tally.setdefault((key.pool, key.schedd), _QueueTally(Counter()))
+            for rec, d in zip(records, derived):
+                if rec.status == "held":
+                    tally.held[d.get("category", "unknown")] += 1
+
+    def refresh_store_metrics(self) -> None:
+        s = self.store
+        self.metrics.set_store(s.pending_count(), s.dead_count(), s.size_bytes(), s.full, s.max_bytes)
+
+    # -- life -----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.schedds.close()
+        self.store.close()
