@@ -110,35 +110,61 @@ def _iso(t: float) -> str:
     return _utc(t).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-_INT_RANGE = {"long": 2**63, "integer": 2**31}
 _EPOCH_MAX = 253402300800  # year 10000
 
 
-def _conform(kind: str, v: Any) -> tuple[bool, Any]:
-    """Does ``v`` fit the field ``kind`` (see es_schema.RAW_FIELDS)?  Returns (fits, value to index)."""
+def _fits_keyword(v: Any) -> tuple[bool, Any]:
     cls = v.__class__
-    if kind == "keyword":
-        return (cls is str or cls is int or cls is float), v
-    if kind == "reason":
-        return cls is str, v
-    if kind in _INT_RANGE:
-        lim = _INT_RANGE[kind]
+    return (cls is str or cls is int or cls is float), v
+
+
+def _fits_reason(v: Any) -> tuple[bool, Any]:
+    return v.__class__ is str, v
+
+
+def _fits_int(lim: int) -> Any:
+    def fits(v: Any) -> tuple[bool, Any]:
+        cls = v.__class__
         if cls is int:
             return -lim <= v < lim, v
         if cls is float:
             return math.isfinite(v) and -lim <= v < lim, v
         return False, v
-    if kind == "double":
-        return (cls is int or (cls is float and math.isfinite(v))), v
-    if kind == "boolean":
-        return cls is bool, v
-    if kind == "epoch":
-        if cls is int:
-            return 0 <= v < _EPOCH_MAX, v
-        if cls is float and math.isfinite(v) and v == int(v):
-            return 0 <= v < _EPOCH_MAX, int(v)
-        return False, v
-    return True, v
+    return fits
+
+
+def _fits_double(v: Any) -> tuple[bool, Any]:
+    cls = v.__class__
+    return (cls is int or (cls is float and math.isfinite(v))), v
+
+
+def _fits_boolean(v: Any) -> tuple[bool, Any]:
+    return v.__class__ is bool, v
+
+
+def _fits_epoch(v: Any) -> tuple[bool, Any]:
+    cls = v.__class__
+    if cls is int:
+        return 0 <= v < _EPOCH_MAX, v
+    if cls is float and math.isfinite(v) and v == int(v):
+        return 0 <= v < _EPOCH_MAX, int(v)
+    return False, v
+
+
+_FITS = {
+    "keyword": _fits_keyword,
+    "reason": _fits_reason,
+    "long": _fits_int(2**63),
+    "integer": _fits_int(2**31),
+    "double": _fits_double,
+    "boolean": _fits_boolean,
+    "epoch": _fits_epoch,
+}
+
+
+def _conform(kind: str, v: Any) -> tuple[bool, Any]:
+    """Does ``v`` fit the field ``kind`` (see es_schema.RAW_FIELDS)?  Returns (fits, value to index)."""
+    return _FITS[kind](v)
 
 
 def _indexable(v: Any, depth: int = 0) -> bool:
@@ -153,7 +179,22 @@ def _indexable(v: Any, depth: int = 0) -> bool:
     return True
 
 
-_KNOWN = {name.lower(): (name, kind) for name, kind in RAW_FIELDS.items()}
+_CANON = {name.lower(): name for name in RAW_FIELDS}
+#: attribute name as written -> (canonical name, kind) or None; memoised (bounded)
+_NAME_CACHE: dict[str, tuple[str, str] | None] = {name: (name, kind) for name, kind in RAW_FIELDS.items()}
+_NAME_CACHE_MAX = 100_000
+_SCALARS = (int, float, bool, type(None))
+
+
+def _known(name: str) -> tuple[str, str] | None:
+    try:
+        return _NAME_CACHE[name]
+    except KeyError:
+        canon = _CANON.get(name.lower())
+        hit = (canon, RAW_FIELDS[canon]) if canon is not None else None
+        if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+            _NAME_CACHE[name] = hit
+        return hit
 
 
 def shape_document(
@@ -182,18 +223,25 @@ def shape_document(
     out: dict[str, Any] = {}
     raw: dict[str, Any] = {}
     unindexed: dict[str, Any] = {}
+    limit = KEYWORD_LIMIT
     for name, value in doc.items():
         if name == "opos":
             continue
-        known = _KNOWN.get(name.lower())
-        if known is not None and known[0] not in out and value is not None:
-            fits, v = _conform(known[1], value)
-            if fits:
-                out[known[0]] = v
-                continue
-        if value.__class__ is str and len(value) <= KEYWORD_LIMIT or value.__class__ in (int, float, bool) or value is None:
-            raw[name] = value
-        elif _indexable(value):
+        known = _known(name)
+        if known is not None and value is not None:
+            canon = known[0]
+            if canon not in out:
+                fits, v = _conform(known[1], value)
+                if fits:
+                    out[canon] = v
+                    continue
+        cls = value.__class__
+        if cls is str:
+            if len(value) <= limit:
+                raw[name] = value
+            else:
+                unindexed[name] = value
+        elif cls in _SCALARS or _indexable(value):
             raw[name] = value
         else:
             unindexed[name] = value

@@ -294,6 +294,7 @@ _ISO = re.compile(
     r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2})(?::(\d{2})(?::(\d{2})(?:[.,]\d{1,9})?)?)?)?)?)?"
     r"(Z|[+-]\d{2}(?::?\d{2})?)?$"
 )
+_ISO_FAST = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z\Z")
 _INT_RANGES = {
     "long": (-(2**63), 2**63 - 1),
     "integer": (-(2**31), 2**31 - 1),
@@ -356,16 +357,42 @@ class Checker:
 
     def _object(self, m: dict[str, Any], obj: dict[str, Any], path: list[str], dynamic: Any, dts: list) -> None:
         props = m.get("properties", {})
+        fast = self._fast
         for k, v in obj.items():
+            fm = props.get(k)
+            if fm is not None and fast(fm, v):
+                continue
             if k == "":
                 raise DocError(self.parse_type, "field name cannot be an empty string")
             p = path + [k]
-            fm = props.get(k)
             if fm is None:
                 fm = self._dynamic(p, v, dynamic, dts)
                 if fm is None:
                     continue
             self._value(fm, v, p, dynamic, dts)
+
+    @staticmethod
+    def _fast(fm: dict[str, Any], v: Any) -> bool:
+        """Obviously valid (the full check would say the same): skip it."""
+        cls = v.__class__
+        if v is None:
+            return True
+        t = fm.get("type")
+        if cls is str:
+            if t == "date":
+                return _ISO_FAST.match(v) is not None and "date_optional_time" in fm.get("format", "date_optional_time") \
+                    and "01" <= v[5:7] <= "12" and "01" <= v[8:10] <= "28"
+            return len(v) <= 8191 and (t == "keyword" or t == "text") and "fields" not in fm
+        if cls is int and t == "date":
+            return v >= 0 and "epoch_" in fm.get("format", "epoch_millis")
+        if cls is int:
+            r = _INT_RANGES.get(t)  # type: ignore[arg-type]
+            return (r is not None and r[0] <= v <= r[1]) or t == "double" or t == "float"
+        if cls is float:
+            return (t == "double" or t == "float") and v == v and abs(v) != float("inf")
+        if cls is bool:
+            return t == "boolean"
+        return False
 
     def _dynamic(self, p: list[str], v: Any, dynamic: Any, dts: list) -> dict[str, Any] | None:
         d = str(dynamic).lower()
@@ -426,10 +453,20 @@ class Checker:
         return None
 
     def _value(self, fm: dict[str, Any], v: Any, p: list[str], dynamic: Any, dts: list) -> None:
-        t = fm.get("type", "object")
-        path = ".".join(p)
         if v is None:
             return
+        t = fm.get("type", "object")
+        cls = v.__class__
+        # fast paths for the common, obviously valid values (same verdict as the full checks)
+        if cls is str and len(v) <= 8191 and t in ("keyword", "text") and not fm.get("fields"):
+            return
+        if cls is int and t in _INT_RANGES and _INT_RANGES[t][0] <= v <= _INT_RANGES[t][1]:
+            return
+        if (cls is int or cls is float) and t in ("double", "float") and v == v and abs(v) != float("inf"):
+            return
+        if cls is bool and t == "boolean":
+            return
+        path = ".".join(p)
         if t in ("object", "nested"):
             if fm.get("enabled", True) is False:
                 return
@@ -443,30 +480,32 @@ class Checker:
                 self._object(fm, item, p, fm.get("dynamic", dynamic), dts)
             return
         if t == "flattened":
-            self._flattened(fm, v, path, 1)
+            self._flattened(v, path, 1, int(fm.get("depth_limit", 20)), int(fm.get("ignore_above", 2**31 - 1)))
             return
         if t == "flat_object":
-            self._flattened({}, v, path, 1)
+            self._flattened(v, path, 1, 20, 2**31 - 1)
             return
         for item in _leaves(v):
             if isinstance(item, dict):
                 raise self._parse_error(path, t, item, f"Can't get text on a START_OBJECT at 1:2", "illegal_state_exception")
             self._scalar(fm, t, item, path)
 
-    def _flattened(self, fm: dict[str, Any], v: Any, path: str, depth: int) -> None:
-        limit = int(fm.get("depth_limit", 20))
+    def _flattened(self, v: Any, path: str, depth: int, limit: int, ignore_above: int) -> None:
         if depth > limit:
             raise DocError("illegal_argument_exception",
                            f"The provided [flattened] field [{path}] exceeds the maximum depth limit of [{limit}].")
         if isinstance(v, dict):
             for x in v.values():
-                self._flattened(fm, x, path, depth + 1)
+                cls = x.__class__
+                if (cls is str and len(x) <= 8191) or cls is int or cls is bool or x is None:
+                    continue
+                self._flattened(x, path, depth + 1, limit, ignore_above)
         elif isinstance(v, list):
             for x in v:
-                self._flattened(fm, x, path, depth if not isinstance(x, dict) else depth)
+                self._flattened(x, path, depth, limit, ignore_above)
         elif v is not None:
             s = v if isinstance(v, str) else orjson.dumps(v).decode()
-            if len(s) > int(fm.get("ignore_above", 2**31 - 1)):
+            if len(s) > ignore_above:
                 return
             if len(s.encode("utf-8")) > TERM_LIMIT:
                 raise self._immense(path, s)
@@ -1156,6 +1195,10 @@ class TestEndpoint:
                 if name not in st.ilm:
                     raise _Fail(404, "resource_not_found_exception", f"Lifecycle policy not found: {name}")
                 return 200, {name: st.ilm[name]}
+            if method == "DELETE":
+                if st.ilm.pop(name, None) is None:
+                    raise _Fail(404, "resource_not_found_exception", f"Lifecycle policy not found: {name}")
+                return 200, {"acknowledged": True}
         raise _Fail(405, "method_not_allowed", f"method [{method}] not allowed")
 
     def _ism(self, method: str, name: str, body: bytes, params: dict[str, str]) -> tuple[int, Any]:
@@ -1185,6 +1228,10 @@ class TestEndpoint:
                 if cur is None:
                     raise _Fail(404, "status_exception", "Policy not found")
                 return 200, cur
+            if method == "DELETE":
+                if st.ism.pop(name, None) is None:
+                    raise _Fail(404, "status_exception", "Policy not found")
+                return 200, {"_id": name, "result": "deleted"}
         raise _Fail(405, "method_not_allowed", f"method [{method}] not allowed")
 
     # -- indices ---------------------------------------------------------------------------

@@ -555,8 +555,8 @@ def test_slow_endpoint_times_out_then_recovers(ep, tmp_path):
     assert stats.acked == 0 and stats.retried > 0 and "Timeout" in (stats.last_error or "")
     time.sleep(1.0)  # the server finishes applying what it got
     assert ep.docs()  # ...so some documents are already there, not acknowledged
-    ep.faults.delay_s = 0.1  # slow but within the timeout
-    drain(sink, store)
+    ep.faults.delay_s = 0.2  # slow but within the timeout
+    drain(ready_sink(ep, request_timeout_s=10.0, bulk_docs=50), store)
     assert_delivered(ep, store, prod.latest)
     assert max(d.writes for d in ep.docs().values()) >= 2  # sent twice, stored once
 
@@ -758,12 +758,11 @@ def test_chaos(ep, tmp_path, seed):
         ep.faults.delay_s = 0.0
         prod.round += 1
         prod.commit(store, prod.records(rng.sample(range(300), 25)))
-    ep.faults.fail_items(200, 0)
     with ep.faults.lock:
         ep.faults._requests.clear()
         ep.faults._items.clear()
     time.sleep(0.7)  # requests that timed out finish on the server side
-    drain(sink, store)
+    drain(ready_sink(ep, bulk_docs=40), store)  # a normal timeout: a loaded test machine is slow
     assert_delivered(ep, store, prod.latest, {k: "injected poison" for k in poison})
 
 

@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Elasticsearch shipping throughput, against condor_adstash in the same run.
+
+Both talk to the same kind of server: the test endpoint (tests/sinks/es_endpoint.py, run as
+its own process, a fresh one per measurement) which answers like Elasticsearch 9 and checks
+every document against the index mapping.  It is not Elasticsearch: absolute numbers say how
+fast the clients are against a server of this speed, the ratios compare the two clients.
+
+N realistic job ads (benchmarks/adgen.py) are written as a schedd history file.  Measured:
+
+* opos ship: the outbox of a filled store -> ElasticSink.ship_pending (threads 1 and 2),
+  docs/s; then the same documents re-sent (a replay): the endpoint must still hold N;
+* opos end to end: history file -> classads reader -> JobRecord -> classify + site ->
+  Store.commit_batch (the durable outbox) -> shipped;
+* condor_adstash (HTCondor 23.9, in the dev pool's chroot; ``--ad_file FILE --interface
+  elasticsearch``): history file -> ES, and ``--interface null`` (its read/convert cost alone);
+  then run again on the same file, to count the documents it duplicates.
+
+    .venv/bin/python benchmarks/bench_es.py                 # 50k ads
+    .venv/bin/python benchmarks/bench_es.py --n 5000 --no-peer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import structlog  # noqa: E402
+
+from adgen import make_history_file  # noqa: E402
+
+from opos_monitor.classads import read_path  # noqa: E402
+from opos_monitor.config import ElasticsearchConfig  # noqa: E402
+from opos_monitor.enrich.derive import Enricher  # noqa: E402
+from opos_monitor.records import JobRecord  # noqa: E402
+from opos_monitor.sinks.elastic import ElasticSink  # noqa: E402
+from opos_monitor.sinks.store import Store, stored_from  # noqa: E402
+
+CHROOT = Path(os.environ.get("OPOS_DEVPOOL_CACHE", "/var/cache/opos-monitor")) / "trixie"
+DEVPOOL = ROOT / "deploy" / "dev-pool" / "devpool"
+ENDPOINT = ROOT / "tests" / "sinks" / "es_endpoint.py"
+
+
+class Endpoint:
+    """The test endpoint in its own process."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(ENDPOINT)], stdout=subprocess.PIPE, text=True)
+        self.url = self.proc.stdout.readline().strip()  # type: ignore[union-attr]
+        if not self.url.startswith("http"):
+            raise RuntimeError("test endpoint did not start")
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=60) as r:
+            return json.loads(r.read())
+
+    def count(self, pattern: str) -> int:
+        return int(self.get(f"/{pattern}/_count")["count"])
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def fill_store(history: Path, store: Store) -> int:
+    """The daemon's path from a history file to the durable outbox."""
+    enricher = Enricher.create()
+    batch, n = [], 0
+    for ad in read_path(history):
+        rec = JobRecord.from_ad(ad, pool="fermigrid", schedd=str(ad.get("GlobalJobId", "")).split("#")[0] or "s",
+                                source="history")
+        derived = enricher.derive(ad)
+        site = derived.pop("site", None)
+        batch.append(stored_from(rec, derived, site))
+        if len(batch) == 500:
+            n += len(batch)
+            store.commit_batch(batch)
+            batch = []
+    if batch:
+        n += len(batch)
+        store.commit_batch(batch)
+    return n
+
+
+def ship(store: Store, url: str, threads: int) -> tuple[float, Any]:
+    sink = ElasticSink(ElasticsearchConfig(enabled=True, urls=[url], bulk_docs=500), threads=threads)
+    sink.setup()
+    t = time.perf_counter()
+    total = None
+    for _ in range(100):
+        s = sink.ship_pending(store)
+        total = s if total is None else (total.add(s) or total)
+        if store.pending_count() == 0:
+            break
+    elapsed = time.perf_counter() - t
+    sink.close()
+    if store.pending_count():
+        raise RuntimeError(f"{store.pending_count()} documents not shipped: {total.last_error}")
+    return elapsed, total
+
+
+def run_adstash(history_in_chroot: str, port: int | None, interface: str, tag: str) -> float:
+    args = [str(DEVPOOL), "root", "condor_adstash", "--standalone", "--interface", interface,
+            "--ad_file", history_in_chroot, "--log_file", f"/tmp/opos-bench-adstash-{tag}.log",
+            "--checkpoint_file", f"/tmp/opos-bench-adstash-{tag}.json", "--log_level", "WARNING"]
+    if port is not None:
+        args += ["--se_host", f"127.0.0.1:{port}", "--se_index_name", "htcondor-bench", "--se_bunch_size", "500",
+                 "--se_no_log_mappings"]
+    t = time.perf_counter()
+    p = subprocess.run(args, capture_output=True, text=True, timeout=3600)
+    elapsed = time.perf_counter() - t
+    if p.returncode != 0:
+        raise RuntimeError(f"condor_adstash failed ({p.returncode}): {p.stderr[-500:]}")
+    return elapsed
+
+
+def peer_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "not root (the dev pool chroot needs root)"
+    if not (CHROOT / "usr" / "bin" / "condor_adstash").exists():
+        return f"no condor_adstash in {CHROOT} (run deploy/dev-pool/devpool up once)"
+    try:
+        p = subprocess.run([str(DEVPOOL), "root", "python3", "-c", "import elasticsearch"], capture_output=True,
+                           text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run in the chroot: {exc}"
+    if p.returncode != 0:
+        return ("the chroot has no python3-elasticsearch (condor_adstash's ES interface needs it):"
+                f" {DEVPOOL} root apt-get install -y python3-elasticsearch")
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=50_000)
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.getLogger("elastic_transport").setLevel(logging.WARNING)
+    n = a.n
+    res: dict[str, Any] = {"n": n, "python": platform.python_version(), "cpus": os.cpu_count()}
+    reason = None if not a.no_peer else "--no-peer"
+    reason = reason or peer_reason()
+    work = Path(tempfile.mkdtemp(prefix="opos-bench-es-"))
+    if reason is None:
+        history = CHROOT / "tmp" / f"opos-bench-es-{os.getpid()}.history"
+    else:
+        history = work / "history"
+    try:
+        make_history_file(history, n=n, seed=7)
+        res["history_mb"] = round(history.stat().st_size / 1e6, 1)
+
+        # --- opos: history file -> store (the durable outbox) ---------------------------------
+        store = Store.open(work / "store.sqlite", max_bytes=1 << 34)
+        t = time.perf_counter()
+        stored = fill_store(history, store)
+        res["opos_fill_s"] = time.perf_counter() - t
+        assert stored == n, stored
+
+        # --- opos: ship (1 thread), then replay, then 2 threads ---------------------------------
+        for threads in (1, 2):
+            ep = Endpoint()
+            try:
+                if threads == 2:
+                    store.requeue_range(None, None)
+                el, stats = ship(store, ep.url, threads)
+                held = ep.count("opos-jobs-*")
+                res[f"opos_ship_t{threads}_s"] = el
+                res[f"opos_ship_t{threads}_docs_s"] = n / el
+                assert held == n, f"endpoint holds {held}, expected {n}"
+                if threads == 1:
+                    store.requeue_range(None, None)
+                    el2, _ = ship(store, ep.url, 1)
+                    res["opos_resend_s"] = el2
+                    res["opos_after_resend_docs"] = ep.count("opos-jobs-*")
+            finally:
+                ep.close()
+        res["opos_end_to_end_s"] = res["opos_fill_s"] + res["opos_ship_t1_s"]
+        store.close()
+
+        # --- condor_adstash ---------------------------------------------------------------------
+        if reason is None:
+            inside = "/" + str(history.relative_to(CHROOT))
+            res["adstash_null_s"] = run_adstash(inside, None, "null", "null")
+            ep = Endpoint()
+            try:
+                res["adstash_es_s"] = run_adstash(inside, ep.port, "elasticsearch", "es1")
+                res["adstash_docs"] = ep.count("htcondor-bench")
+                run_adstash(inside, ep.port, "elasticsearch", "es2")
+                res["adstash_docs_after_rerun"] = ep.count("htcondor-bench")
+            finally:
+                ep.close()
+        else:
+            res["peer_not_measured"] = reason
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if history.exists() and str(history).startswith(str(CHROOT)):
+            history.unlink()
+
+    if a.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"{n} ads ({res['history_mb']} MB history file), Python {res['python']}, {res['cpus']} CPUs;"
+          f" server: the test endpoint (Elasticsearch 9 mode, own process)")
+    print(f"  opos ship, 1 thread      {res['opos_ship_t1_s']:7.1f} s  {res['opos_ship_t1_docs_s']:8.0f} docs/s")
+    print(f"  opos ship, 2 threads     {res['opos_ship_t2_s']:7.1f} s  {res['opos_ship_t2_docs_s']:8.0f} docs/s")
+    print(f"  opos re-send all         {res['opos_resend_s']:7.1f} s  endpoint holds {res['opos_after_resend_docs']}"
+          f" docs (no duplicates)")
+    print(f"  opos file -> store       {res['opos_fill_s']:7.1f} s  {n / res['opos_fill_s']:8.0f} docs/s"
+          f"  (read, classify, durable commit)")
+    print(f"  opos end to end          {res['opos_end_to_end_s']:7.1f} s  {n / res['opos_end_to_end_s']:8.0f} docs/s")
+    if "adstash_es_s" in res:
+        print(f"  adstash --interface null {res['adstash_null_s']:7.1f} s  {n / res['adstash_null_s']:8.0f} docs/s"
+              f"  (read + convert only)")
+        print(f"  adstash elasticsearch    {res['adstash_es_s']:7.1f} s  {n / res['adstash_es_s']:8.0f} docs/s"
+              f"  (endpoint holds {res['adstash_docs']})")
+        print(f"  adstash run again        endpoint holds {res['adstash_docs_after_rerun']} docs"
+              f" ({res['adstash_docs_after_rerun'] - res['adstash_docs']} duplicated)")
+        es_phase = res["adstash_es_s"] - res["adstash_null_s"]
+        print(f"ratio end to end (adstash time / opos time):      {res['adstash_es_s'] / res['opos_end_to_end_s']:.2f}")
+        if es_phase > 0:
+            print(f"ratio shipping only (adstash ES phase / opos ship): {es_phase / res['opos_ship_t1_s']:.2f}"
+                  f"  (adstash ES phase = elasticsearch run - null run = {es_phase:.1f} s)")
+    else:
+        print(f"  condor_adstash not measured: {res['peer_not_measured']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
