@@ -71,6 +71,22 @@ def cmd_once(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import daemon
+    from .sinks.store import StoreError
+
+    cfg = _load(args)
+    _logging(args, cfg)
+    try:
+        return daemon.main(cfg, args.config)
+    except StoreError as exc:
+        print(f"opos-monitor run: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # e.g. the metrics address is in use
+        print(f"opos-monitor run: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
 def _logging(args: argparse.Namespace, cfg: Config) -> None:
     from .logsetup import configure_logging
 
@@ -121,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("once", help="poll every configured source once and print a summary per schedd")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_once)
+
+    p = sub.add_parser("run", help="run the daemon: poll on schedule, serve /metrics, ship records")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

@@ -52,6 +52,7 @@ class Runtime:
         self.schedds = ScheddSources(cfg.pools, cfg.htcondor, self.pipeline, kinds=kinds, runner=runner,
                                      extra_attrs=("JobCurrentStartDate", "LastJobStatus"))
         self.eventlogs = self._eventlog_source()
+        self.sink = self._es_sink()
         self._tally: dict[tuple[str, str], _QueueTally] = {}
         self._lock = threading.Lock()
         self.last_progress = time.monotonic()
@@ -121,6 +122,31 @@ class Runtime:
             self._account(r)
         return results
 
+    # -- shipping -----------------------------------------------------------------------------
+
+    def _es_sink(self) -> Any:
+        if not self.cfg.elasticsearch.enabled:
+            return None
+        from .sinks.elastic import ElasticSink
+
+        return ElasticSink.from_config(self.cfg)
+
+    def ship_once(self) -> None:
+        """Ship what the outbox holds (one pass); failures are retried by the store's backoff."""
+        if self.sink is None:
+            return
+        kind = self.cfg.elasticsearch.kind
+        try:
+            stats = self.sink.ship_once(self.store)
+        except Exception as exc:  # noqa: BLE001 - unreachable cluster etc.: nothing was acked
+            self.metrics.observe_es(0, 0, 0, None, sink=kind, ok=False)
+            log.warning("shipping failed; will retry", sink=kind, error=str(exc))
+            return
+        if stats.batches:
+            self.metrics.observe_es(stats.acked, stats.dead, stats.retried, stats.seconds / stats.batches,
+                                    sink=kind, ok=stats.last_error is None)
+        self.refresh_store_metrics()
+
     # -- accounting -----------------------------------------------------------------------------
 
     def _account(self, r: PollResult) -> None:
@@ -171,4 +197,6 @@ class Runtime:
 
     def close(self) -> None:
         self.schedds.close()
+        if self.sink is not None:
+            self.sink.close()
         self.store.close()
