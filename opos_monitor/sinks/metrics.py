@@ -245,11 +245,11 @@ class MetricsState:
         for c in FAILURE_CATEGORIES:
             self._failures[(pool, schedd, site, c)] = 0
 
-    def _init_source(self, key: Key3, up: int = 0) -> None:
+    def _init_source(self, key: Key3) -> None:
         if key in self._up:
             return
         self._init_schedd(key[0], key[1])
-        self._up[key] = up
+        self._up[key] = 0
         self._poll[key] = _Summary()
         self._errors[key] = 0
         self._records[key] = 0
