@@ -73,8 +73,12 @@ __all__ = [
     "StoredDoc",
     "StoredRecord",
     "backoff_s",
+    "decode_doc",
+    "encode_doc",
     "end_time_of",
+    "history_filter",
     "job_key",
+    "make_zdict",
     "stored_from",
 ]
 

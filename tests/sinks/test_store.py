@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from opos_monitor.records import JobRecord
 from opos_monitor.sinks.store import (
@@ -63,7 +64,8 @@ def rows(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
 def simple(doc_id: str, version: int = 0, *, category: str = "none", end: float | None = None,
            kind: str = "job", size: int = 200) -> StoredRecord:
     body = orjson.dumps({"id": doc_id, "v": version, "pad": os.urandom(size // 2).hex()})
-    return StoredRecord(doc_id, kind, "fermigrid", "jobsub01.fnal.gov", f"jobsub01.fnal.gov#{abs(hash(doc_id)) % 10**6}.0#1",
+    gjid = f"jobsub01.fnal.gov#{zlib.crc32(doc_id.encode()) % 10**6}.0#1"
+    return StoredRecord(doc_id, kind, "fermigrid", "jobsub01.fnal.gov", gjid,
                         "novapro", "completed", "FermiGrid", category, None, None, None, None,
                         end, NOW + version, body)
 
@@ -221,7 +223,8 @@ def _verify_consistent(path: Path, n: int) -> int:
         cp = s.checkpoint(*cw.CP)
         last = int(cp) if cp is not None else -1
         ids = {d for (d,) in rows(path, "SELECT doc_id FROM records")}
-        expected = {f"b{i:06d}-{j:04d}" for i in range(last + 1) for j in range(n)} | ({"latest"} if last >= 0 else set())
+        expected = {f"b{i:06d}-{j:04d}" for i in range(last + 1) for j in range(n)}
+        expected |= {"latest"} if last >= 0 else set()
         assert ids == expected, f"checkpoint {last}: {len(ids ^ expected)} records differ"
         zdict = [bytes(v) for (v,) in rows(path, "SELECT value FROM meta WHERE key = 'zdict'")]
         for d, codec, blob in rows(path, "SELECT doc_id, codec, doc FROM records"):
@@ -385,6 +388,32 @@ def test_pruning_without_outbox_drops_nothing_needed(tmp_path):
         assert s.used_bytes() <= 1_000_000
         assert s.checkpoint("p", "s", "history") == "29"
         assert rows(s.path, "SELECT COUNT(*) FROM records WHERE doc_id LIKE 'r29-%'") == [(50,)]
+
+
+def test_disk_full_is_store_full_and_rolls_back(tmp_path):
+    """SQLITE_FULL (here from max_page_count, the same error a full disk gives) is back-pressure too."""
+    with Store.open(tmp_path / "s.sqlite", max_bytes=BIG) as s:
+        s.commit_batch([simple("first")], Checkpoint("p", "s", "history", "1"))
+        pages = s._conn.execute("PRAGMA page_count").fetchone()[0]
+        s._conn.execute(f"PRAGMA max_page_count = {pages + 5}")
+        with pytest.raises(StoreFull) as ei:
+            s.commit_batch([simple(f"r{i}", size=4000) for i in range(200)], Checkpoint("p", "s", "history", "2"))
+        assert "disk full" in str(ei.value) and s.full
+        assert s.checkpoint("p", "s", "history") == "1"
+        assert s.counts()["records"] == 1 and s.pending_count() == 1
+        s._conn.execute("PRAGMA max_page_count = 1073741823")
+        assert s.commit_batch([simple("r0")], Checkpoint("p", "s", "history", "2")) == 1
+        assert not s.full and s.checkpoint("p", "s", "history") == "2"
+
+
+def test_closed_store_says_so(tmp_path):
+    s = Store.open(tmp_path / "s.sqlite", max_bytes=BIG)
+    s.close()
+    s.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        s.commit_batch([simple("a")])
+    with pytest.raises(StoreError, match="closed"):
+        s.pending_count()
 
 
 def test_lowering_max_bytes_shrinks_the_file(tmp_path):
