@@ -301,8 +301,9 @@ class MetricsState:
 
     def observe_poll(self, result: PollResult, *, now: float | None = None) -> None:
         """One poll of one source finished (ok or not): up, last success, duration, errors,
-        records, history lag and gaps. Queue polls' ``status_counts`` (when given) update
-        ``opos_jobs`` too."""
+        records, lag and gaps. ``lag_s`` None keeps the previous lag, except after a successful
+        poll that handed off nothing (caught up): then the lag is 0. Queue polls'
+        ``status_counts`` (when given) update ``opos_jobs`` too."""
         k = result.key
         key = (k.pool, k.schedd, k.source)
         t = self._clock() if now is None else float(now)
@@ -322,6 +323,10 @@ class MetricsState:
                 self._gaps[key] = self._gaps.get(key, 0) + 1
             if result.lag_s is not None:
                 self._lag[key] = max(0.0, float(result.lag_s))
+            elif result.ok and not result.records and key in self._lag:
+                # a successful poll with nothing new: the reader is caught up (a quiet schedd
+                # must not keep the lag of its last backlog batch for ever)
+                self._lag[key] = 0.0
             if result.ok and result.status_counts:
                 self._jobs[(k.pool, k.schedd)] = fold_counts(result.status_counts, status_label, JOB_STATUSES)
 

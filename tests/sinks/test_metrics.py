@@ -199,6 +199,21 @@ def test_observe_poll_up_down_timestamps_errors_lag_gaps():
     assert value(s, "opos_source_lag_seconds", pool=POOL, schedd=S1, source="history") == 0
 
 
+def test_lag_drops_to_zero_once_a_poll_finds_nothing_new():
+    """A backlog batch reports its lag; a quiet schedd afterwards hands off nothing (lag_s None):
+    caught up, so the lag must not stay at the backlog's value (OposHistoryLagHigh)."""
+    s = MetricsState(clock=lambda: NOW)
+    key = SourceKey(POOL, S1, "history")
+    s.observe_poll(PollResult(key, records=500, lag_s=3600.0))
+    s.observe_poll(PollResult(key, ok=False, error="timeout"))  # a failure says nothing about lag
+    assert value(s, "opos_source_lag_seconds", pool=POOL, schedd=S1, source="history") == 3600
+    s.observe_poll(PollResult(key, records=0))
+    assert value(s, "opos_source_lag_seconds", pool=POOL, schedd=S1, source="history") == 0
+    # a source that never reported a lag gets none
+    s.observe_poll(PollResult(SourceKey(POOL, S1, "queue"), records=0))
+    assert value(s, "opos_source_lag_seconds", pool=POOL, schedd=S1, source="queue") is None
+
+
 def test_queue_poll_status_counts_and_set_queue():
     s = MetricsState()
     s.observe_poll(PollResult(SourceKey(POOL, S1, "queue"), status_counts={"idle": 5, "running": 2}))
