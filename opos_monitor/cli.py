@@ -87,6 +87,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from . import commands_explain
+    from .sinks.store import StoreError
+
+    cfg = _load(args)
+    try:
+        return commands_explain.run(cfg, args.job, schedd=args.schedd, live=not args.store_only, as_json=args.json)
+    except (StoreError, ValueError) as exc:
+        print(f"opos-monitor explain: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
 def _logging(args: argparse.Namespace, cfg: Config) -> None:
     from .logsetup import configure_logging
 
@@ -133,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
     p.add_argument("--json", action="store_true", help="one JSON object per failed job")
     p.set_defaults(func=cmd_failures)
+
+    p = sub.add_parser("explain", help="one job's story: attempts, holds, where it ran, verdict and evidence")
+    p.add_argument("job", metavar="JOB", help="GlobalJobId or cluster.proc")
+    p.add_argument("--schedd", help="the schedd (Name, or its short name) when cluster.proc is ambiguous")
+    p.add_argument("--store-only", action="store_true", help="do not ask the schedds; read the local store")
+    p.add_argument("--json", action="store_true", help="print the story and verdict as JSON")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("once", help="poll every configured source once and print a summary per schedd")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

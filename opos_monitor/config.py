@@ -78,7 +78,7 @@ class SourcesConfig(_Section):
 
 class StoreConfig(_Section):
     path: Path | None = None  # default: <state_dir>/store.sqlite
-    max_bytes: int = Field(2 * 1024**3, ge=1024**2)
+    max_bytes: int = Field(2 * 1024**3, ge=64 * 1024**2)  # a batch of 500 records is ~1 MB
 
 
 class MetricsConfig(_Section):

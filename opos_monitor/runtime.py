@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -24,6 +24,9 @@ from .sources.base import PollResult, SourceKey
 from .sources.schedd import KnownSchedd, ScheddSources
 
 log = get_logger("opos_monitor.runtime")
+
+#: How many counted job ids to remember (see Runtime._counted).
+_COUNTED_MAX = 200_000
 
 #: Attributes that give a finished job's runtime and execute host (for black-hole detection).
 _HOST_ATTRS = ("LastRemoteHost", "RemoteHost", "StartdName")
@@ -54,6 +57,9 @@ class Runtime:
         self.eventlogs = self._eventlog_source()
         self.sink = self._es_sink()
         self._tally: dict[tuple[str, str], _QueueTally] = {}
+        # GlobalJobIds whose failure was already counted (held seen in the queue, then removed
+        # in history: one outcome). Bounded; after a restart counters start again anyway.
+        self._counted: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self.last_progress = time.monotonic()
         if cfg.elasticsearch.enabled:
@@ -165,12 +171,11 @@ class Runtime:
         """After a durable commit: queue tallies, finished-job counters, black-hole feed."""
         if key.source == "queue":
             self._tally_queue(key, records, derived)
-            return
-        if key.source not in ("history", "eventlog", "adfile"):
+        elif key.source not in ("history", "eventlog", "adfile"):
             return
         flagged_before = len(self.blackholes.flagged_hosts())
         for rec, d in zip(records, derived):
-            if rec.status not in ("completed", "removed"):
+            if rec.status not in ("completed", "removed", "held") or not self._first_count(rec.global_job_id):
                 continue
             self.metrics.observe_finished(rec.pool, rec.schedd, d.get("site"), d.get("category"))
             end = rec.completion_date or rec.entered_current_status
@@ -181,6 +186,17 @@ class Runtime:
         flags = self.blackholes.flagged_hosts() + self.blackholes.flagged_sites()
         if flags or flagged_before:
             self.metrics.set_blackholes(flags)
+
+    def _first_count(self, gid: str) -> bool:
+        """True the first time a job's outcome is seen (a held job later removed counts once)."""
+        with self._lock:
+            if gid in self._counted:
+                self._counted.move_to_end(gid)
+                return False
+            self._counted[gid] = None
+            if len(self._counted) > _COUNTED_MAX:
+                self._counted.popitem(last=False)
+            return True
 
     def _tally_queue(self, key: SourceKey, records: Sequence[JobRecord], derived: Sequence[Mapping[str, Any]]) -> None:
         with self._lock:
