@@ -66,7 +66,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     _logging(args, cfg)
     try:
         return commands_once.run(cfg, as_json=args.json)
-    except StoreError as exc:
+    except (StoreError, OSError) as exc:  # store path, token file, ...
         print(f"opos-monitor once: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

@@ -52,6 +52,8 @@ def run(cfg: Config, *, as_json: bool = False) -> int:
     from .runtime import Runtime
 
     console = Console(stderr=as_json)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
     t0 = time.monotonic()
     rt = Runtime(cfg)
     try:

@@ -144,6 +144,8 @@ class LoggingConfig(_Section):
 
 class Config(_Section):
     state_dir: Path = Path("/var/lib/opos-monitor")
+    # "i/N": this replica polls the schedds whose stable hash of "pool/schedd" mod N is i
+    shard: str = Field("0/1", pattern=r"^\d+/\d+$")
     pools: dict[str, PoolConfig] = {"local": PoolConfig(collectors=["127.0.0.1:9618"])}
     htcondor: HTCondorConfig = HTCondorConfig()
     sources: SourcesConfig = SourcesConfig()
@@ -163,6 +165,19 @@ class Config(_Section):
             if not re.match(r"^[A-Za-z0-9_\-]+$", name):
                 raise ValueError(f"pool name {name!r} may hold only letters, digits, '_' and '-'")
         return v
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: str) -> str:
+        i, n = (int(x) for x in v.split("/"))
+        if n < 1 or not 0 <= i < n:
+            raise ValueError("must be i/N with N >= 1 and 0 <= i < N")
+        return v
+
+    @property
+    def shard_index(self) -> tuple[int, int]:
+        i, n = self.shard.split("/")
+        return int(i), int(n)
 
     @property
     def store_path(self) -> Path:

@@ -6,6 +6,7 @@ the HTTP endpoints, signals and systemd notification around it.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -30,6 +31,12 @@ _COUNTED_MAX = 200_000
 
 #: Attributes that give a finished job's runtime and execute host (for black-hole detection).
 _HOST_ATTRS = ("LastRemoteHost", "RemoteHost", "StartdName")
+
+
+def shard_of(pool: str, schedd: str, shards: int) -> int:
+    """The replica (0..shards-1) that polls this schedd: a stable hash, the same in every process."""
+    digest = hashlib.sha1(f"{pool}/{schedd}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shards
 
 
 @dataclass(slots=True)
@@ -78,16 +85,28 @@ class Runtime:
     def discover(self) -> list[PollResult]:
         results = self.schedds.discovery.discover()
         for r in results:
+            if not r.ok and r.error and "failed communication" in r.error.lower():
+                r.error += self._auth_hint()
+                log.error("discovery failed", pool=r.key.pool, error=r.error)
             self.metrics.observe_poll(r)
         by_pool: dict[str, list[str]] = {}
-        for known in self.schedds.discovery.schedds():
+        for known in self.known_schedds():
             by_pool.setdefault(known.target.pool, []).append(known.target.name)
         for pool, names in by_pool.items():
             self.metrics.set_schedds(pool, names, self.schedds.kinds)
         return results
 
+    def _auth_hint(self) -> str:
+        h = self.cfg.htcondor
+        token = f"the read-only token {h.token_file}" if h.token_file else "no token file (htcondor.token_file unset)"
+        return (f" — HTCondor gives no reason for this; when the collector is up it usually means authentication "
+                f"was refused: methods {','.join(h.auth_methods)}, {token}. Check the token is valid for this pool "
+                f"(condor_token_list on the pool; see deploy/condor/README.md).")
+
     def known_schedds(self) -> list[KnownSchedd]:
-        return self.schedds.discovery.schedds()
+        """The schedds this replica polls (its shard of everything discovered)."""
+        i, n = self.cfg.shard_index
+        return [k for k in self.schedds.discovery.schedds() if shard_of(k.target.pool, k.target.name, n) == i]
 
     def poll_schedd(self, known: KnownSchedd, kinds: Sequence[str]) -> list[PollResult]:
         """Poll some sources of one schedd and account for the results."""

@@ -138,3 +138,23 @@ def test_cli_show_masks_secrets(tmp_path, capsys):
     assert main(["--config", str(p), "check-config", "--show"]) == 0
     out = capsys.readouterr().out
     assert "hunter2" not in out and '"password"' in out
+
+
+@pytest.mark.parametrize("shard,ok", [("0/1", True), ("1/2", True), ("2/2", False), ("0/0", False), ("x", False)])
+def test_shard_validation(tmp_path, shard, ok):
+    p = write(tmp_path, f'shard = "{shard}"\n')
+    if ok:
+        assert load_config(p, environ={}).shard == shard
+    else:
+        with pytest.raises(ConfigError, match="shard"):
+            load_config(p, environ={})
+
+
+def test_shards_split_schedds_deterministically():
+    from opos_monitor.runtime import shard_of
+
+    names = [("fermigrid", f"jobsub{i:02d}.fnal.gov") for i in range(1, 41)]
+    for n in (1, 2, 3, 5):
+        owners = [shard_of(p, s, n) for p, s in names]
+        assert owners == [shard_of(p, s, n) for p, s in names]  # stable
+        assert set(owners) == set(range(n))  # every replica gets work with 40 schedds
