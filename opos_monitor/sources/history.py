@@ -32,7 +32,9 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import orjson
@@ -90,7 +92,9 @@ def attempt_of(record: JobRecord) -> Optional[int]:
 class HistoryOptions:
     """Tuning of one history poll (defaults suit a production schedd)."""
 
-    page_size: int = 5000  # records fetched per query: the memory bound
+    page_size: int = 5000  # records fetched per query
+    prefetch: int = 2  # pages fetched ahead while one is handed off: memory <= (prefetch + 1) pages
+    probe_size: int = 1000  # a backlog up to this size is read in one query, without the index
     batch_size: int = 1000  # records per hand-off (one durable commit each)
     max_runs: int = 64  # intervals in one page constraint before the page is split
     backfill: bool = True  # first poll (no checkpoint): read the whole history, else start now
@@ -287,20 +291,21 @@ def _expr(text: Optional[str]) -> Any:
     return classad2.ExprTree(text)
 
 
-def fetch_index(client: Any, source: str, since: Optional[str]) -> list[tuple[Key, Key, Optional[float]]]:
-    """Every record newer than ``since`` (newest first) as index entries."""
+def fetch_index(client: Any, source: str, since: Optional[str], match: int = -1) -> list[tuple[Key, Key, Optional[float]]]:
+    """Every record newer than ``since`` (newest first; at most ``match``) as index entries."""
     stream = STREAMS[source]
     attrs = list(dict.fromkeys((*stream.key_attrs, *stream.order_attrs, *stream.time_attrs)))
-    ads = getattr(client, stream.method)(None, attrs, -1, _expr(since))
+    ads = getattr(client, stream.method)(None, attrs, match, _expr(since))
     # plain tuples: they cross the process boundary much faster than objects
     return [(_key(ad, stream.key_attrs), _key(ad, stream.order_attrs), _time(ad, stream.time_attrs)) for ad in ads]
 
 
-def fetch_page(client: Any, source: str, since: Optional[str], constraint: str, projection: Sequence[str],
-               pool: str, schedd: str) -> list[tuple[Key, JobRecord]]:
-    """The records selected by ``constraint`` among those newer than ``since``, as records."""
+def fetch_page(client: Any, source: str, since: Optional[str], constraint: Optional[str], projection: Sequence[str],
+               pool: str, schedd: str, match: int = -1) -> list[tuple[Key, JobRecord]]:
+    """The records selected by ``constraint`` among those newer than ``since`` (newest first,
+    at most ``match``), as records."""
     stream = STREAMS[source]
-    ads = getattr(client, stream.method)(_expr(constraint), list(projection), -1, _expr(since))
+    ads = getattr(client, stream.method)(_expr(constraint), list(projection), match, _expr(since))
     out = []
     for ad in ads:
         d = ad_dict(ad)
@@ -356,19 +361,41 @@ class _Poll:
         index_since = None
         if cp is not None:
             index_since = since_expr(cp.next, self.stream) if cp.next is not None else None
+        if cp is None and not self.opts.backfill:  # start now: only the two newest records matter
+            index = [Entry(*e) for e in self.call(fetch_index, self.stream.source, None, 2)]
+            if index:
+                self.commit([], self.checkpoint_at(index, 0))
+            return self.finish()
+        if cp is not None and self.opts.probe_size > 0 and self.small_backlog(cp, index_since):
+            return self.finish()
         index = [Entry(*e) for e in self.call(fetch_index, self.stream.source, index_since)]
         n, found = locate_backlog(index, cp)
         if not found:
             self.gaps.append(describe_gap(index, cp, self.target.name, self.stream))
-        if cp is None and not self.opts.backfill:
-            if index:
-                self.commit([], self.checkpoint_at(index, 0))
-            return self.finish()
         # the scan for the oldest page stops at the checkpointed record (or where the index stopped)
         floor = since_expr(cp.newest, self.stream) if (cp is not None and found) else index_since
         specs = [spec for start, end in plan_pages(n, self.opts.page_size) for spec in self.specs(index, start, end, floor)]
         self.fetch_and_deliver(index, specs)
         return self.finish()
+
+    def small_backlog(self, cp: Checkpoint, since: Optional[str]) -> bool:
+        """The common case: everything since the checkpoint fits in one query.  Returns False
+        (nothing handed off) when the backlog is larger than ``probe_size``."""
+        limit = min(self.opts.probe_size, self.opts.page_size) + 1
+        got = self.call(fetch_page, self.stream.source, since, None, self.projection,
+                        self.target.pool, self.target.name, limit)
+        keys = [k for k, _ in got]
+        if cp.newest in keys:
+            n = keys.index(cp.newest)
+        elif len(got) < limit:  # read to the end of the readable history: the checkpoint is gone
+            n = len(got)
+            index = [Entry(k, k, _time(r.attrs, self.stream.time_attrs)) for k, r in got]
+            self.gaps.append(describe_gap(index, cp, self.target.name, self.stream))
+        else:
+            return False
+        index = [Entry(k, k, _time(r.attrs, self.stream.time_attrs)) for k, r in got]
+        self.deliver(index, 0, n, got)
+        return True
 
     def specs(self, index: Sequence[Entry], start: int, end: int, floor: Optional[str]) -> list[_PageSpec]:
         """The queries for positions ``start..end-1``, oldest first; a page whose keys are too
@@ -386,15 +413,19 @@ class _Poll:
                          self.target.pool, self.target.name)
 
     def fetch_and_deliver(self, index: Sequence[Entry], specs: Sequence[_PageSpec]) -> None:
-        """Fetch page i+1 while page i is handed off (at most two pages in memory)."""
+        """Hand pages off in order while up to ``prefetch`` later pages are being fetched."""
         if not specs:
             return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="opos-history-prefetch") as ex:
-            pending = ex.submit(self.fetch, specs[0])
-            for i, spec in enumerate(specs):
-                got = pending.result()
-                if i + 1 < len(specs):
-                    pending = ex.submit(self.fetch, specs[i + 1])
+        ahead = max(1, self.opts.prefetch)
+        todo = iter(specs)
+        with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="opos-history-fetch") as ex:
+            pending = deque((s, ex.submit(self.fetch, s)) for s in islice(todo, ahead))
+            while pending:
+                spec, future = pending.popleft()
+                got = future.result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append((nxt, ex.submit(self.fetch, nxt)))
                 self.deliver(index, spec.start, spec.end, got)
                 del got
 

@@ -244,13 +244,19 @@ def ad_dict(ad: Any) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - anything odd: the slow, exact path
         return plain_ad(ad)
     if "Expr(" in text:
-        d = {k: _json_expr(v) for k, v in d.items()}
+        for k, v in d.items():  # values are replaced, keys stay: safe while iterating
+            cls = v.__class__
+            if cls is str:
+                if v[:6] == "/Expr(" and v[-2:] == ")/":
+                    d[k] = parse_value(v[6:-2])
+            elif cls is list or cls is dict:
+                d[k] = _json_expr(v)
     return d
 
 
 def _json_expr(v: Any) -> Any:
     if v.__class__ is str:
-        if v.startswith("/Expr(") and v.endswith(")/"):
+        if v[:6] == "/Expr(" and v[-2:] == ")/":
             return parse_value(v[6:-2])
         return v
     if isinstance(v, list):

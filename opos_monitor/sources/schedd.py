@@ -230,6 +230,12 @@ class ScheddSources:
         self.clock = clock
         self._pool = ThreadPoolExecutor(max_workers=htcondor.max_concurrent_schedds, thread_name_prefix="opos-schedd")
 
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The bounded thread pool (``max_concurrent_schedds``) polls run in; callers that drive
+        ``poll_schedd`` themselves should submit to it to keep the bound."""
+        return self._pool
+
     def poll(self, kinds: Optional[Sequence[str]] = None) -> list[PollResult]:
         """Discover, then poll every known schedd (``kinds`` default: the configured ones)."""
         kinds = self.kinds if kinds is None else tuple(k for k in KINDS if k in kinds)

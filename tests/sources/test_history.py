@@ -65,8 +65,10 @@ def test_incremental_poll_delivers_only_new_records_once():
     schedd, runner, h = setup(40)
     poll_history(runner, TARGET, h, HISTORY, opts())
     schedd.complete(job_ad(200, i, schedd=NAME) for i in range(25))
+    schedd.history_calls.clear()
     res = poll_history(runner, TARGET, h, HISTORY, opts())
     assert res.records == 25 and res.gap is None
+    assert len(schedd.history_calls) == 1  # a small backlog takes one query (no index)
     assert not h.duplicates() and len(h.ids()) == 65
     res = poll_history(runner, TARGET, h, HISTORY, opts())
     assert res.records == 0 and res.gap is None and res.lag_s is None
@@ -88,9 +90,10 @@ def test_no_cap_and_bounded_pages_for_a_big_backlog():
     runner.call = spy
     res = poll_history(runner, TARGET, h, HISTORY, opts(page=100, batch=40))
     assert res.records == 1200 and not h.duplicates() and len(h.ids()) == 1210
-    pages = [n for name, n in fetched if name == "fetch_page"]
-    assert len(pages) == 12 and max(pages) <= 100  # the memory bound: one page at a time
-    assert fetched[0] == ("fetch_index", 1201)  # the index ends with the checkpointed record
+    assert fetched[0] == ("fetch_page", 101)  # the probe: more than one page is new
+    assert fetched[1] == ("fetch_index", 1201)  # the index ends with the checkpointed record
+    pages = [n for name, n in fetched[2:]]
+    assert len(pages) == 12 and max(pages) <= 100  # the memory bound: pages of at most page_size
 
 
 def test_page_scans_stop_below_each_page():
@@ -224,6 +227,7 @@ def test_without_backfill_the_first_poll_starts_now():
     schedd, runner, h = setup(40)
     res = poll_history(runner, TARGET, h, HISTORY, opts(backfill=False))
     assert res.records == 0 and KEY in h.checkpoints
+    assert [c["match"] for c in schedd.history_calls] == [2]  # no scan of the whole history
     schedd.complete(job_ad(999, i, schedd=NAME) for i in range(3))
     res = poll_history(runner, TARGET, h, HISTORY, opts(backfill=False))
     assert res.records == 3 and h.ids() == {gid(999, i) for i in range(3)}
@@ -352,3 +356,14 @@ def test_page_constraint_with_four_attributes_and_missing_values(page, newer):
     expr = page_constraint(sorted(page), sorted(newer), attrs, 1000)
     for k in page | newer:
         assert _eval(expr, attrs, k) == (k in page), (expr, k)
+
+
+def test_a_gap_found_by_the_one_query_probe():
+    schedd, runner, h = setup(30)
+    poll_history(runner, TARGET, h, HISTORY, opts())
+    schedd.complete(job_ad(600, i, schedd=NAME) for i in range(20))
+    schedd.rotate(keep=8)
+    schedd.history_calls.clear()
+    res = poll_history(runner, TARGET, h, HISTORY, opts())
+    assert res.gap and "no longer in the history" in res.gap and res.records == 8
+    assert len(schedd.history_calls) == 1

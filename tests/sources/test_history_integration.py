@@ -72,10 +72,11 @@ def test_records_rotated_away_before_a_poll_are_reported_as_a_gap(devpool, runne
     knobs = {"JOBSUB02.MAX_HISTORY_LOG": "100000", "JOBSUB02.MAX_HISTORY_ROTATIONS": "1"}
     with runtime_config("gap", knobs, [(POOL, SCHEDD)]):
         h = RecordingHandoff()
+        poll_history(runner, target(htcondor2, POOL, SCHEDD), h, HISTORY, HistoryOptions(backfill=False))
         submit_noop(SCHEDD, 20, tag)
         wait_left_queue(htcondor2, POOL, SCHEDD, tag, timeout=300)
         first = poll_history(runner, target(htcondor2, POOL, SCHEDD), h, HISTORY, OPTS)
-        assert first.gap is None
+        assert first.gap is None and len(tagged(h, tag)) == 20
         checkpointed = max(tagged(h, tag), key=lambda r: (r.cluster_id, r.proc_id))
         submit_noop(SCHEDD, 400, tag)  # ~800 kB of history: far more than the 2 x 100 kB kept
         wait_left_queue(htcondor2, POOL, SCHEDD, tag, timeout=300)
