@@ -39,7 +39,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterator, Mapping, Sequence, TextIO
+from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
 
 import orjson
 import structlog
@@ -406,6 +406,7 @@ class ShipStats:
     seconds: float = 0.0
     errors: Counter = field(default_factory=Counter)  # error type -> actions
     last_error: str | None = None
+    request_failed: bool = False  # a bulk request failed as a whole (connection, timeout, 429/5xx, auth)
 
     def add(self, other: "ShipStats") -> None:
         for f in ("taken", "acked", "superseded", "retried", "dead", "stale_deleted", "batches"):
@@ -413,6 +414,7 @@ class ShipStats:
         self.seconds += other.seconds
         self.errors.update(other.errors)
         self.last_error = other.last_error or self.last_error
+        self.request_failed = self.request_failed or other.request_failed
 
     @property
     def docs_per_s(self) -> float:
@@ -444,6 +446,8 @@ def _settle(
                 continue
             ok, info = res
             (got_op, result), = info.items()
+            if "exception" in result:
+                stats.request_failed = True
             if result.get("_id") not in (None, meta.get("_id")):
                 verdict, reason = "retry", f"bulk result out of step: expected id {meta.get('_id')}, got {result.get('_id')}"
                 continue
@@ -565,6 +569,13 @@ def make_client(cfg: ElasticsearchConfig, *, compat: _Compat | None = None, conn
         kw["api_key"] = api_key
     if ca:
         kw["ca_certs"] = ca
+    try:  # orjson for action lines and bulk responses, when this client version has it
+        from elasticsearch.serializer import OrjsonSerializer
+
+        fast = OrjsonSerializer()
+        kw["serializers"] = {"application/json": fast, "application/vnd.elasticsearch+json": fast}
+    except ImportError:
+        pass
     return Elasticsearch(
         hosts=list(cfg.urls), verify_certs=cfg.verify_certs, ssl_show_warn=False,
         request_timeout=cfg.request_timeout_s, max_retries=max(1, len(cfg.urls) - 1), retry_on_status=(),
@@ -667,7 +678,7 @@ class ElasticSink:
 
     # -- shipping ------------------------------------------------------------------
 
-    def _bulk(self, actions: list[Action]) -> Iterator[tuple[bool, dict[str, Any]]]:
+    def _bulk(self, actions: Iterator[Action]) -> Iterator[tuple[bool, dict[str, Any]]]:
         helpers = self._helpers()
         common: dict[str, Any] = {
             "chunk_size": self.cfg.bulk_docs,
@@ -682,7 +693,7 @@ class ElasticSink:
         return helpers.streaming_bulk(self._client, actions, max_retries=0, yield_ok=True, **common)
 
     def ship_once(self, store: Any, limit: int | None = None) -> ShipStats:
-        """Ship up to ``limit`` due outbox documents (default ``bulk_docs * threads``) and settle
+        """Ship up to ``limit`` due outbox documents (default ``2 * bulk_docs * threads``) and settle
         each with the store: ack, retry with backoff, or dead letter.  Never raises for cluster
         trouble: it is in the stats (``last_error``, ``errors``) and in the outbox's
         ``last_error``."""
@@ -695,38 +706,50 @@ class ElasticSink:
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - unreachable: nothing taken, try again next time
+            stats.request_failed = True
             stats.last_error = _safe(exc)
             stats.errors[exc.__class__.__name__] += 1
             stats.seconds = time.perf_counter() - started
             log.warning("elasticsearch.unreachable", error=stats.last_error)
             return stats
-        items = store.outbox_take(limit or self.cfg.bulk_docs * self.threads)
+        items = store.outbox_take(limit or self.cfg.bulk_docs * self.threads * 2)
         stats.taken = len(items)
         if not items:
             stats.seconds = time.perf_counter() - started
             return stats
         stats.batches = 1
-        plans: list[list[Action]] = []
-        shippable = []
+        # actions are made lazily, as the helper fills its chunks: with threads > 1 the next
+        # chunk is prepared while the previous ones are on the wire
+        plans: list[list[Action] | None] = [None] * len(items)
         undecodable: list[tuple[int, str]] = []
         as_text = self.flavor == "opensearch"
-        for it in items:
-            try:
-                plans.append(item_actions(it, self.cfg.index_prefix, as_text=as_text))
-                shippable.append(it)
-            except (ValueError, orjson.JSONDecodeError) as exc:
-                undecodable.append((it.seq, f"document {it.doc_id} cannot be shipped: {exc}"))
-        actions = [a for plan in plans for a in plan]
+        prefix = self.cfg.index_prefix
+
+        def actions() -> Iterator[Action]:
+            for i, it in enumerate(items):
+                try:
+                    plan = item_actions(it, prefix, as_text=as_text)
+                except (ValueError, orjson.JSONDecodeError) as exc:
+                    undecodable.append((it.seq, f"document {it.doc_id} cannot be shipped: {exc}"))
+                    plan = []
+                plans[i] = plan
+                yield from plan
+
         results: list[tuple[bool, dict[str, Any]] | None] = []
         transport_error = None
         try:
-            for res in self._bulk(actions):
+            for res in self._bulk(actions()):
                 results.append(res)
         except Exception as exc:  # noqa: BLE001 - connection errors escape the helper; the rest is retried
+            stats.request_failed = True
             transport_error = _safe(exc)
             stats.errors[exc.__class__.__name__] += 1
-        ack, retry, dead = _settle(shippable, plans, results, transport_error, stats)
+        shippable = [it for it, plan in zip(items, plans) if plan]
+        unplanned = [it.seq for it, plan in zip(items, plans) if plan is None]
+        ack, retry, dead = _settle(shippable, [p for p in plans if p], results, transport_error, stats)
         dead += undecodable
+        if unplanned:  # the bulk stopped before these were even prepared
+            retry[transport_error or "not sent"].extend(unplanned)
         store.outbox_ack(ack)
         for reason, seqs in retry.items():
             store.outbox_retry(seqs, reason)
@@ -753,14 +776,18 @@ class ElasticSink:
         else:
             log.debug("elasticsearch.shipped", acked=stats.acked, dead=stats.dead, seconds=round(stats.seconds, 3))
 
-    def ship_pending(self, store: Any, *, max_batches: int | None = None, max_seconds: float | None = None) -> ShipStats:
+    def ship_pending(self, store: Any, *, max_batches: int | None = None, max_seconds: float | None = None,
+                     on_pass: Callable[[ShipStats], None] | None = None) -> ShipStats:
         """Ship until the outbox has nothing due, a pass makes no progress (the cluster is in
-        trouble: wait for the next call), or a budget runs out."""
+        trouble: wait for the next call), or a budget runs out.  ``on_pass`` gets each pass's
+        stats (e.g. to feed the metrics: ``Metrics.observe_es``)."""
         total = ShipStats()
         deadline = time.monotonic() + max_seconds if max_seconds is not None else None
         n = 0
         while True:
             s = self.ship_once(store)
+            if on_pass is not None and (s.taken or s.request_failed):
+                on_pass(s)
             total.add(s)
             n += 1
             if s.taken == 0 or s.acked + s.dead == 0:

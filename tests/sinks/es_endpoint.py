@@ -1366,6 +1366,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--version", default=None)
     ap.add_argument("--port", type=int, default=0)
     a = ap.parse_args(argv)
+    import gc
+
+    gc.disable()  # millions of long-lived JSON objects, no cycles: collections would only stall the server
     ep = TestEndpoint(a.flavor, a.version, port=a.port).start()
     print(ep.url, flush=True)
     stop = threading.Event()
