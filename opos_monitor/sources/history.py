@@ -60,6 +60,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
+#: The schedd hands a constraint to its history helper as one command-line argument, and Linux
+#: refuses arguments over 128 KiB (MAX_ARG_STRLEN): longer page constraints split the page.
+MAX_CONSTRAINT_CHARS = 64 * 1024
 Key = tuple  # a record's key values (ints; -1 where the attribute is missing)
 
 
@@ -92,11 +95,11 @@ def attempt_of(record: JobRecord) -> Optional[int]:
 class HistoryOptions:
     """Tuning of one history poll (defaults suit a production schedd)."""
 
-    page_size: int = 5000  # records fetched per query
-    prefetch: int = 2  # pages fetched ahead while one is handed off: memory <= (prefetch + 1) pages
+    page_size: int = 10000  # records fetched per query (a worker holds one page: ~110 MB of noop ads)
+    prefetch: int = 1  # pages fetched ahead while one is handed off: memory <= (prefetch + 1) pages
     probe_size: int = 1000  # a backlog up to this size is read in one query, without the index
     batch_size: int = 1000  # records per hand-off (one durable commit each)
-    max_runs: int = 64  # intervals in one page constraint before the page is split
+    max_runs: int = 2000  # intervals in one page constraint before the page is split
     backfill: bool = True  # first poll (no checkpoint): read the whole history, else start now
     timeout_s: Optional[float] = None  # per query; None: the runner's default
     projection: tuple[str, ...] = JOB_ATTRS
@@ -163,20 +166,48 @@ def _bound(attrs: Sequence[str], vals: Key, start: int, op: str) -> str:
     return f"({a} {strict} {v} || ({a} == {v} && {_bound(attrs, vals, start + 1, op)}))"
 
 
-def _interval(attrs: Sequence[str], lo: Key, hi: Key) -> str:
-    """``lo <= (attrs) <= hi`` lexicographically, as compact as the common prefix allows."""
-    i = 0
+def _interval(attrs: Sequence[str], lo: Key, hi: Key, first: int = 0) -> str:
+    """``lo <= (attrs) <= hi`` lexicographically on ``attrs[first:]``, as compact as the common
+    prefix allows (``lo`` and ``hi`` are full keys)."""
+    i = first
     eq = []
     while i < len(attrs) and lo[i] == hi[i]:
         eq.append(f"{_attr(attrs[i], i)} == {lo[i]}")
         i += 1
-    if i < len(attrs):
+    if i == len(attrs) - 1:
+        a = _attr(attrs[i], i)
+        eq.append(f"{a} >= {lo[i]} && {a} <= {hi[i]}")
+    elif i < len(attrs):
         a = _attr(attrs[i], i)
         middle = [f"({a} > {lo[i]} && {a} < {hi[i]})"] if hi[i] - lo[i] > 1 else []
         low = f"{a} == {lo[i]}" + (f" && {_bound(attrs, lo, i + 1, '>=')}" if i + 1 < len(attrs) else "")
         high = f"{a} == {hi[i]}" + (f" && {_bound(attrs, hi, i + 1, '<=')}" if i + 1 < len(attrs) else "")
         eq.append("(" + " || ".join([*middle, f"({low})", f"({high})"]) + ")")
-    return "(" + " && ".join(eq) + ")"
+    return "(" + " && ".join(eq) + ")" if eq else "true"
+
+
+def _runs_expr(attrs: Sequence[str], runs: Sequence[tuple[Key, Key]]) -> str:
+    """The runs as one expression; runs inside one cluster are grouped under one ``ClusterId ==``
+    test, so the schedd rejects a record of another cluster with one comparison per cluster."""
+    groups: dict[int, list[str]] = {}
+    items: list[tuple[Optional[int], str]] = []  # (cluster of a group, or None with the expression)
+    for lo, hi in runs:
+        if len(attrs) > 1 and lo[0] == hi[0]:
+            if lo[0] not in groups:
+                groups[lo[0]] = []
+                items.append((lo[0], ""))
+            groups[lo[0]].append(_interval(attrs, lo, hi, 1))
+        else:
+            items.append((None, _interval(attrs, lo, hi)))
+    out = []
+    for cluster, expr in items:
+        if cluster is None:
+            out.append(expr)
+            continue
+        inner = groups[cluster]
+        body = inner[0] if len(inner) == 1 else "(" + " || ".join(inner) + ")"
+        out.append(f"({_attr(attrs[0], 0)} == {cluster} && {body})")
+    return " || ".join(out) or "false"
 
 
 def page_constraint(page: Sequence[Key], newer: Sequence[Key], attrs: Sequence[str], max_runs: int) -> Optional[str]:
@@ -201,7 +232,7 @@ def page_constraint(page: Sequence[Key], newer: Sequence[Key], attrs: Sequence[s
         runs.append((start, prev))
     if len(runs) > max_runs:
         return None
-    return " || ".join(_interval(attrs, lo, hi) for lo, hi in runs) or "false"
+    return _runs_expr(attrs, runs)
 
 
 # ---------------------------------------------------------------------------
@@ -402,7 +433,7 @@ class _Poll:
         scattered for ``max_runs`` intervals is split in halves."""
         constraint = page_constraint([e.order for e in index[start:end]], [e.order for e in index[:start]],
                                      self.stream.order_attrs, self.opts.max_runs)
-        if constraint is None:
+        if end - start > 1 and (constraint is None or len(constraint) > MAX_CONSTRAINT_CHARS):
             mid = (start + end) // 2
             return self.specs(index, mid, end, floor) + self.specs(index, start, mid, floor)
         since = since_expr(index[end].key, self.stream) if end < len(index) else floor

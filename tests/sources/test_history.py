@@ -367,3 +367,32 @@ def test_a_gap_found_by_the_one_query_probe():
     res = poll_history(runner, TARGET, h, HISTORY, opts())
     assert res.gap and "no longer in the history" in res.gap and res.records == 8
     assert len(schedd.history_calls) == 1
+
+
+def test_many_clusters_finishing_interleaved_need_no_split():
+    """Production-like: 40 clusters running side by side, procs finishing roughly in order."""
+    schedd, runner, h = setup(0)
+    rng = random.Random(3)
+    ads = sorted((job_ad(c, p, schedd=NAME) for c in range(700, 740) for p in range(50)),
+                 key=lambda ad: ad["ProcId"] + rng.uniform(0, 4))
+    schedd.complete(ads)
+    res = poll_history(runner, TARGET, h, HISTORY, opts(page=300, batch=100))
+    assert res.records == 2000 and not h.duplicates()
+    page_queries = [c for c in schedd.history_calls if c["constraint"] is not None]
+    assert len(page_queries) == len(plan_pages(2000, 300))
+    assert max(len(c["constraint"]) for c in page_queries) < 40_000
+
+
+def test_a_page_constraint_too_long_for_one_argument_splits_the_page(monkeypatch):
+    import opos_monitor.sources.history as hist
+
+    monkeypatch.setattr(hist, "MAX_CONSTRAINT_CHARS", 400)
+    schedd, runner, h = setup(0)
+    rng = random.Random(5)
+    ads = [job_ad(c, p, schedd=NAME) for c in range(800, 830) for p in range(10)]
+    rng.shuffle(ads)
+    schedd.complete(ads)
+    res = poll_history(runner, TARGET, h, HISTORY, opts(page=100, batch=50))
+    assert res.records == 300 and not h.duplicates()
+    page_queries = [c["constraint"] for c in schedd.history_calls if c["constraint"] is not None]
+    assert len(page_queries) > 3 and all(len(c) <= 400 or c.count("ClusterId") == 1 for c in page_queries)
