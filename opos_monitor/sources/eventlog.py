@@ -46,7 +46,7 @@ from functools import lru_cache
 from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 from ..classads import ReadError, parse_value
-from ..records import JobRecord, to_str
+from ..records import JobRecord
 from .base import Handoff, PollResult, SourceKey
 
 __all__ = [
@@ -619,16 +619,16 @@ class EventReader:
                         yield ev, end
                         idx, line = m.end(), end.line
                         continue
-                yield from self._careful(piece + m.group(), at, terminated=True)
+                yield from self._careful(piece + m.group(), at)
                 idx, line = m.end(), end.line
             buf = buf[idx:]
             base += idx
         # what is left has no '...': complete lines of an unfinished event, or garbage
         cut = buf.rfind(b"\n") + 1
         if cut:
-            yield from self._careful(buf[:cut], Position(base, line), terminated=False)
+            yield from self._careful(buf[:cut], Position(base, line))
 
-    def _careful(self, data: bytes, at: Position, terminated: bool) -> Iterator[tuple[Optional[Event], Position]]:
+    def _careful(self, data: bytes, at: Position) -> Iterator[tuple[Optional[Event], Position]]:
         """Line-by-line reading of a stretch that is not simply one event and its '...'."""
         cur: Optional[list[str]] = None
         cur_at = at
@@ -759,6 +759,7 @@ def _apply_usage(ad: dict[str, Any], f: Mapping[str, Any]) -> None:
 
 def _on_submit(st: JobState, ev: Event) -> None:
     st.ad["QDate"] = int(ev.time)
+    st.ad.setdefault("NumJobStarts", 0)  # as condor_submit sets it
     st.submit_host = ev.fields.get("host") or st.submit_host
 
 
@@ -822,9 +823,19 @@ def _on_shadow_exception(st: JobState, ev: Event) -> None:
 
 
 def _on_aborted(st: JobState, ev: Event) -> None:
+    """Removed: as the schedd does, a held job's hold becomes its last hold (LastJobStatus 5
+    then tells the classifier it was held when removed)."""
     _leave_slot(st.ad)
+    if st.ad.get("JobStatus") == 5:
+        _hold_to_last(st.ad)
     if ev.fields.get("reason"):
         st.ad["RemoveReason"] = ev.fields["reason"]
+
+
+def _hold_to_last(ad: dict[str, Any]) -> None:
+    for attr in ("HoldReason", "HoldReasonCode", "HoldReasonSubCode"):
+        if attr in ad:
+            ad["Last" + attr] = ad.pop(attr)
 
 
 def _on_held(st: JobState, ev: Event) -> None:
@@ -837,12 +848,9 @@ def _on_held(st: JobState, ev: Event) -> None:
 
 
 def _on_released(st: JobState, ev: Event) -> None:
-    ad = st.ad
-    for attr in ("HoldReason", "HoldReasonCode", "HoldReasonSubCode"):
-        if attr in ad:
-            ad["Last" + attr] = ad.pop(attr)
+    _hold_to_last(st.ad)
     if ev.fields.get("reason"):
-        ad["ReleaseReason"] = ev.fields["reason"]
+        st.ad["ReleaseReason"] = ev.fields["reason"]
 
 
 def _on_reconnect_failed(st: JobState, ev: Event) -> None:
@@ -903,9 +911,11 @@ class JobTable:
         key = (ev.cluster, ev.proc)
         st = self.jobs.get(key)
         if st is not None and ev.digest not in st.digests and (
-                (ev.number == 0 and st.lifecycle) or (st.closed and ev.number in LIFECYCLE)):
+                (ev.number == 0 and st.lifecycle) or (st.closed and ev.number in LIFECYCLE)
+                or (ev.number == 1 and st.ad.get("JobStatus") == 5)):
             # another job with the same id: a new submit (the schedd's cluster ids started
-            # over), or life after the job left the queue (a second schedd writing this log)
+            # over), life after the job left the queue, or a held job starting to run without
+            # a release - HTCondor does neither; a second schedd's shadows writing this log do
             st = None
         if st is None:
             st = JobState(ev.cluster, ev.proc, {"ClusterId": ev.cluster, "ProcId": ev.proc},
@@ -951,11 +961,12 @@ def fold(st: JobState, ev: Event) -> None:
 def record_of(st: JobState, *, pool: str, schedd: Optional[str]) -> JobRecord:
     """The job's record: its synthesized ad through :meth:`JobRecord.from_ad`.
 
-    The schedd is the configured one, else the submit host's alias, else "unknown".  Without
-    a ``GlobalJobId`` in the log (only a global event log with
-    ``EVENT_LOG_JOB_AD_INFORMATION_ATTRS = GlobalJobId`` has one), ``from_ad`` synthesizes
-    ``schedd#cluster.proc#QDate`` - the real GlobalJobId when ``schedd`` is the schedd's
-    ``Name`` and the submit event was read (QDate is the submit event's time).
+    The schedd is the configured one, else the submit host's alias, else "unknown".  The id
+    is exact when a job-ad-information event carried ``GlobalJobId``
+    (``EVENT_LOG_JOB_AD_INFORMATION_ATTRS`` / ``job_ad_information_attrs``).  Otherwise
+    ``from_ad`` synthesizes ``schedd#cluster.proc#QDate`` with QDate the submit event's time:
+    usually the real GlobalJobId when ``schedd`` is the schedd's ``Name``, but the submit event
+    can be written a second after the job's QDate (then the id is one second off).
     """
     name = schedd or _sinful_alias(st.submit_host or "") or "unknown"
     return JobRecord.from_ad(dict(st.ad), pool=pool, schedd=name, source=SOURCE)
@@ -1083,7 +1094,7 @@ def _fid_of(d: Mapping[str, Any]) -> FileId:
 class EventLogSpec:
     """One configured log: a path or glob, and optionally the pool and schedd its jobs belong
     to (``schedd`` should be the schedd's ``Name``, e.g. ``jobsub01.fnal.gov``, so synthesized
-    ids equal the real GlobalJobIds)."""
+    ids are the real GlobalJobIds as far as the submit event's time allows)."""
 
     pattern: str
     pool: Optional[str] = None

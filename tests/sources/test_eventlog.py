@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from opos_monitor.enrich.classify import classify
 from opos_monitor.sources.eventlog import (
@@ -313,7 +315,9 @@ RECORDS = {
                                   "ResidentSetSize": 418484,
                                   "HoldReason": "Job memory usage 409 MB exceeded request_memory 128 MB"})],
     "walltime.log": [("removed", {"RemoveReason": "Job exceeded its expected max lifetime of 8 seconds", "LastJobStatus": 2})],
-    "missing_output_removed.log": [("removed", {"HoldReasonCode": 12, "HoldReasonSubCode": 2, "LastJobStatus": 5,
+    # removed while held: the hold becomes the last hold, as in the schedd's ad
+    "missing_output_removed.log": [("removed", {"LastHoldReasonCode": 12, "LastHoldReasonSubCode": 2, "LastJobStatus": 5,
+                                                "HoldReasonCode": None,
                                                 "RemoveReason": "via condor_rm (by user submitter)"})],
     "released.log": [("removed", {"ReleaseReason": "via condor_release (by user submitter)",
                                   "RemoveReason": "via condor_rm -forcex (by user submitter)"})],
@@ -373,16 +377,28 @@ def test_reused_ids_and_a_second_schedds_jobs_are_separate_records():
     first = {r.cluster_id: r for r, _ in glob_recs if r.attrs.get("QDate")}
     assert first[4].status == "completed" and first[4].exit_signal == 11
     assert first[5].status == "completed" and first[5].exit_code == 127
-    assert first[7].status == "removed" and first[7].hold_reason_code == 12
+    assert first[7].status == "removed" and first[7].last_hold_reason_code == 12
     orphans = [r for r, _ in glob_recs if "QDate" not in r.attrs]
     assert sorted(r.cluster_id for r in orphans) == [4, 5, 7]
     assert all(r.global_job_id.endswith("#?") for r in orphans)
 
 
+def test_a_held_job_never_runs_again_without_a_release(tmp_path):
+    """An execute event for a held job (no release between) is another job with the same id:
+    on the dev pool, a second schedd's shadows write to the first schedd's global log."""
+    held = (DATA / "memory_over.log").read_text()
+    other = "".join(e.replace("(019.000.000)", "(029.000.000)") for e in split_events((DATA / "segfault.log").read_text())
+                    if not e.startswith("000"))
+    path = tmp_path / "g.log"
+    path.write_text(held + other)
+    recs = read_log(path, schedd=SCHEDD)
+    assert [(r.status, r.hold_reason_code, "QDate" in r.attrs) for r, _ in recs] == [("held", 26, True), ("completed", None, False)]
+
+
 def test_job_ad_information_events_fill_the_ad():
     recs = {r.cluster_id: r for r, _ in read_log(DATA / "global_EventLog", schedd=SCHEDD) if "QDate" in r.attrs}
     assert recs[8].attrs["RequestMemory"] == 128 and recs[8].memory_usage_mb == 416
-    assert recs[8].hold_reason_code == 26 and recs[8].status == "removed"
+    assert recs[8].last_hold_reason_code == 26 and recs[8].status == "removed"
     assert "EventTime" not in recs[8].attrs and "SubmitHost" not in recs[8].attrs
 
 
@@ -490,8 +506,8 @@ def test_event_cut_short_by_the_next_event_and_garbage_lines(tmp_path):
     cut_line = (text[:text.index("012 (007")]).count("\n") + 1
     assert [e.line for e in errors if "cut short" in e.message] == [cut_line]
     r, = h.latest().values()
-    assert r.status == "removed" and r.hold_reason.startswith("Transfer output files failure")
-    assert r.hold_reason_code == 0  # the Code line was lost with the writer; everything else is there
+    assert r.status == "removed" and r.last_hold_reason.startswith("Transfer output files failure")
+    assert r.last_hold_reason_code == 0  # the Code line was lost with the writer; everything else is there
 
 
 def _global_parts(n_first: int):
@@ -697,3 +713,34 @@ def test_checkpoint_round_trip_and_bad_checkpoints():
     assert Checkpoint.loads(ck.dumps()) == ck
     for bad in ("", None, "{", '{"v": 2}', '{"v": 1}', "[]"):
         assert Checkpoint.loads(bad) is None
+
+
+# --------------------------------------------------------------------------- property: any split, any restart
+
+_PROPERTY_TEXT = (DATA / "global_EventLog").read_text()[:30000].rpartition("...\n")[0] + "...\n" + \
+    (DATA / "handmade_formats.log").read_text()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.integers(min_value=0, max_value=len(_PROPERTY_TEXT.encode())), max_size=8),
+       restarts=st.lists(st.booleans(), min_size=9, max_size=9),
+       batch=st.integers(min_value=1, max_value=50))
+def test_any_split_of_writes_and_any_restarts_give_the_whole_files_records(tmp_path_factory, cuts, restarts, batch):
+    """However the writer's output is cut across polls (mid-line, mid-event) and whenever the
+    daemon restarts, the records handed off end up as read_log gives them for the whole file."""
+    data = _PROPERTY_TEXT.encode()
+    d = tmp_path_factory.mktemp("prop")
+    path = d / "EventLog"
+    path.write_bytes(b"")
+    h = MemoryHandoff()
+    s = source(h, path, batch_events=batch)
+    done = 0
+    for cut, restart in zip(sorted(cuts) + [len(data)], restarts):
+        with open(path, "ab") as f:
+            f.write(data[done:cut])
+        done = max(done, cut)
+        if restart:
+            s = source(h, path, batch_events=batch)
+        res, = s.poll()
+        assert res.ok and res.gap is None
+    assert {k: comparable(r) for k, r in h.latest().items()} == {k: comparable(r) for k, (r, _) in final_records(path).items()}
