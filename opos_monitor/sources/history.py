@@ -415,16 +415,12 @@ class _Poll:
         limit = min(self.opts.probe_size, self.opts.page_size) + 1
         got = self.call(fetch_page, self.stream.source, since, None, self.projection,
                         self.target.pool, self.target.name, limit)
-        keys = [k for k, _ in got]
-        if cp.newest in keys:
-            n = keys.index(cp.newest)
-        elif len(got) < limit:  # read to the end of the readable history: the checkpoint is gone
-            n = len(got)
-            index = [Entry(k, k, _time(r.attrs, self.stream.time_attrs)) for k, r in got]
-            self.gaps.append(describe_gap(index, cp, self.target.name, self.stream))
-        else:
-            return False
         index = [Entry(k, k, _time(r.attrs, self.stream.time_attrs)) for k, r in got]
+        n, found = locate_backlog(index, cp)
+        if not found and len(got) == limit:
+            return False  # more than one probe's worth: take the long way
+        if not found:  # the whole readable history came back without the checkpointed record
+            self.gaps.append(describe_gap(index, cp, self.target.name, self.stream))
         self.deliver(index, 0, n, got)
         return True
 
@@ -468,11 +464,10 @@ class _Poll:
         if missing:
             self.gaps.append(f"{self.target.name} {self.stream.source}: {missing} records vanished while being "
                              f"read (rotated away during the poll)")
+        # (a page that vanished entirely commits nothing: a checkpoint must name a record that exists)
         for i in range(0, len(positions), self.opts.batch_size):
             batch = positions[i:i + self.opts.batch_size]
             self.commit([by_key[index[p].key] for p in batch], self.checkpoint_at(index, batch[-1]))
-        if missing and not positions:  # nothing left of this page: still move past it
-            self.commit([], self.checkpoint_at(index, start))
 
     def checkpoint_at(self, index: Sequence[Entry], pos: int) -> Checkpoint:
         nxt = index[pos + 1].key if pos + 1 < len(index) else None

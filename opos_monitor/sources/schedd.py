@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ..config import HTCondorConfig, PoolConfig
@@ -201,7 +201,8 @@ class ScheddSources:
     """Discovery plus queue/history/epoch polls of every schedd of every configured pool.
 
     ``poll()`` returns one :class:`PollResult` per pool discovery (``schedd="*"``,
-    ``source="discovery"``) and one per (schedd, kind).  Hand-offs are serialised; the
+    ``source="discovery"``) and one per (schedd, kind).  Two polls of one source never overlap:
+    a poll due while the previous one still runs returns an empty ok result.  Hand-offs are serialised; the
     ``handoff`` sees records in commit order per source.  ``close()`` stops the threads and
     removes the private token directory.  ``worker_env`` is set in every query worker's
     environment (e.g. ``{"CONDOR_CONFIG": "/dev/null"}``); ``extra_attrs`` extend the job
@@ -223,11 +224,16 @@ class ScheddSources:
             condor_params(htcondor, self._token_dir.path if self._token_dir else None), htcondor.query_timeout_s,
             env=worker_env)
         self.projection = job_projection(extra_attrs)
-        self.history = history or HistoryOptions(projection=self.projection)
+        history = history or HistoryOptions()
+        if history.projection == JOB_ATTRS:  # the default: add extra_attrs
+            history = replace(history, projection=self.projection)
+        self.history = history
         self.backoff = backoff or Backoff()
         self.handoff = _LockedHandoff(handoff)
         self.discovery = Discovery(pools, self.runner, forget_after_s, self.timeout_s, clock)
         self.clock = clock
+        self._busy: set[SourceKey] = set()  # sources being polled now (never two polls of one source)
+        self._busy_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=htcondor.max_concurrent_schedds, thread_name_prefix="opos-schedd")
 
     @property
@@ -269,6 +275,11 @@ class ScheddSources:
             return PollResult(key, ok=False, error=(
                 f"{known.target.name}: not polled for {wait:.0f} s more (backoff after "
                 f"{self.backoff.failures(key)} failure(s)); last error: {self.backoff.last_error(key)}")), False
+        with self._busy_lock:
+            if key in self._busy:  # e.g. a long catch-up still running when the next poll is due
+                log.info("%s: previous poll still running, skipped", key)
+                return PollResult(key), False
+            self._busy.add(key)
         t0 = time.monotonic()
         try:
             result = self._run(known.target, kind)
@@ -281,6 +292,9 @@ class ScheddSources:
             log.exception("%s: hand-off failed", key)
             return PollResult(key, ok=False, error=f"{known.target.name}: hand-off failed: {exc}",
                               duration_s=time.monotonic() - t0), False
+        finally:
+            with self._busy_lock:
+                self._busy.discard(key)
         self.backoff.success(key)
         return result, False
 

@@ -220,3 +220,17 @@ def test_unknown_kind_is_refused():
     grid, pools, _ = grid_two_pools()
     with pytest.raises(ValueError, match="unknown source kind"):
         sources(grid, pools, RecordingHandoff(), kinds=("queue", "logs"))
+
+
+def test_two_polls_of_one_source_never_overlap():
+    grid, pools, (a, b, c) = grid_two_pools()
+    a.complete(job_ad(10, i, schedd=a.name) for i in range(3))
+    a.delay_s = 0.5
+    h = RecordingHandoff()
+    with sources(grid, pools, h, kinds=("history",), concurrency=4) as src:
+        src.discovery.discover()
+        known = src.discovery.schedds()[0]
+        with __import__("concurrent.futures").futures.ThreadPoolExecutor(2) as ex:
+            first, second = ex.map(lambda _: src.poll_schedd(known, ("history",))[0], range(2))
+    assert sorted([first.records, second.records]) == [0, 3] and first.ok and second.ok
+    assert not h.duplicates()
