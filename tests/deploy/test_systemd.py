@@ -132,7 +132,7 @@ REQUIRED = {
     "ProtectHome": "yes",
     "PrivateTmp": "yes",
     "PrivateDevices": "yes",
-    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
     "RestrictNamespaces": "yes",
     "RestrictSUIDSGID": "yes",
     "LockPersonality": "yes",
