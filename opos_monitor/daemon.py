@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -61,7 +61,7 @@ class Daemon:
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 30},
             timezone="UTC",
         )
-        self.scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+        self.scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         self.server = ExpositionServer(make_registry(self.runtime.metrics), cfg.metrics.listen,
                                        ready=self.readiness, live=lambda: {"process": True})
         self.watchdog = Watchdog(self.notifier, self.progressing)
@@ -122,13 +122,15 @@ class Daemon:
             self._add("ship", self._ship, 5.0, ("*", "*", "ship"))
         self._add("store-metrics", self.runtime.refresh_store_metrics, 15.0, ("*", "*", "store"))
 
-    def _on_job_event(self, event: JobExecutionEvent) -> None:
+    def _on_job_event(self, event: JobEvent) -> None:
         pool, schedd, source = self._job_keys.get(event.job_id, ("*", "*", event.job_id))
-        if event.code == EVENT_JOB_MISSED:
+        if event.code in (EVENT_JOB_MISSED, EVENT_JOB_MAX_INSTANCES):
+            # missed its time, or skipped because the previous poll of the same source still runs
             self.runtime.metrics.observe_missed_run(pool, schedd, source)
-            log.warning("missed a scheduled run", job=event.job_id)
+            log.debug("scheduled run skipped", job=event.job_id,
+                      reason="missed" if event.code == EVENT_JOB_MISSED else "previous run still going")
         else:
-            log.error("scheduled job failed", job=event.job_id, error=repr(event.exception))
+            log.error("scheduled job failed", job=event.job_id, error=repr(getattr(event, "exception", None)))
 
     # -- life ---------------------------------------------------------------------------------
 

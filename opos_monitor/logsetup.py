@@ -104,6 +104,11 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     # Chatty libraries: keep their warnings, drop their per-request info lines.
     for name in ("urllib3", "elastic_transport", "elasticsearch", "opensearch", "apscheduler.executors"):
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    # APScheduler warns on every run skipped because the previous one still runs; the daemon
+    # counts those (opos_scheduler_missed_runs_total) instead of filling the log.
+    sched = logging.getLogger("apscheduler.scheduler")
+    if not any(isinstance(f, _SkippedRunFilter) for f in sched.filters):
+        sched.addFilter(_SkippedRunFilter())
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
@@ -115,6 +120,11 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+
+
+class _SkippedRunFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
 
 
 def get_logger(name: str | None = None) -> Any:

@@ -26,6 +26,9 @@ from .sources.schedd import KnownSchedd, ScheddSources
 
 log = get_logger("opos_monitor.runtime")
 
+#: Outcomes that ended up to this long before start-up still count (a poll in flight at a restart).
+_COUNT_GRACE_S = 120.0
+
 #: How many counted job ids to remember (see Runtime._counted).
 _COUNTED_MAX = 200_000
 
@@ -69,6 +72,11 @@ class Runtime:
         self._counted: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self.last_progress = time.monotonic()
+        # Outcomes that ended before this process started (a first history read, the held jobs
+        # already in the queue after a restart) are stored and shipped but not counted: counters
+        # start at 0 with the process, and counting a backlog would look like a burst of new
+        # failures to rate()/increase() and page for old news.
+        self.count_after = time.time() - _COUNT_GRACE_S
         if cfg.elasticsearch.enabled:
             self.metrics.declare_sink(cfg.elasticsearch.kind)
         self.refresh_store_metrics()
@@ -178,6 +186,11 @@ class Runtime:
         self.metrics.observe_poll(r)
         if r.ok:
             self.last_progress = time.monotonic()
+        # Outcomes that ended before this process started (a first history read, the held jobs
+        # already in the queue after a restart) are stored and shipped but not counted: counters
+        # start at 0 with the process, and counting a backlog would look like a burst of new
+        # failures to rate()/increase() and page for old news.
+        self.count_after = time.time() - _COUNT_GRACE_S
         if r.key.source == "queue" and r.ok:
             with self._lock:
                 tally = self._tally.pop((r.key.pool, r.key.schedd), _QueueTally(Counter()))
@@ -196,8 +209,9 @@ class Runtime:
         for rec, d in zip(records, derived):
             if rec.status not in ("completed", "removed", "held") or not self._first_count(rec.global_job_id):
                 continue
-            self.metrics.observe_finished(rec.pool, rec.schedd, d.get("site"), d.get("category"))
             end = rec.completion_date or rec.entered_current_status
+            if end is not None and end.timestamp() >= self.count_after:
+                self.metrics.observe_finished(rec.pool, rec.schedd, d.get("site"), d.get("category"))
             if end is not None:
                 host = next((rec.attrs.get(a) for a in _HOST_ATTRS if rec.attrs.get(a)), None)
                 self.blackholes.observe(end.timestamp(), host, d.get("site"), d.get("category") != "none",

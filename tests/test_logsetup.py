@@ -88,3 +88,11 @@ def test_console_format_is_readable():
     out = buf.getvalue()
     assert "hello" in out and "schedd=jobsub01" in out and "hunter2" not in out
     assert not out.lstrip().startswith("{")
+
+
+def test_skipped_scheduler_runs_are_not_logged_but_other_warnings_are(json_log):
+    sched = logging.getLogger("apscheduler.scheduler")
+    sched.warning('Execution of job "poll" skipped: maximum number of running instances reached (1)')
+    sched.warning("Run time of job %s was missed by 0:00:05", "poll")
+    recs = lines(json_log)
+    assert [r["event"] for r in recs] == ["Run time of job poll was missed by 0:00:05"]
