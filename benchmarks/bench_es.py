@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,11 @@ class Endpoint:
         if not self.url.startswith("http"):
             raise RuntimeError("test endpoint did not start")
 
+    def cpu_s(self) -> float:
+        """CPU seconds the endpoint process used so far (user + system)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
@@ -101,36 +107,60 @@ def fill_store(history: Path, store: Store) -> int:
     return n
 
 
-def ship(store: Store, url: str, threads: int) -> tuple[float, Any]:
-    sink = ElasticSink(ElasticsearchConfig(enabled=True, urls=[url], bulk_docs=500), threads=threads)
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+class Clock:
+    """Wall time, this process's CPU time, the endpoint's CPU time and waited-for children's."""
+
+    def __init__(self, ep: "Endpoint | None" = None) -> None:
+        self.ep = ep
+        self.t = time.perf_counter()
+        self.cpu = time.process_time()
+        self.child = _children_cpu()
+        self.server = ep.cpu_s() if ep else 0.0
+
+    def stop(self) -> dict[str, float]:
+        return {
+            "wall_s": time.perf_counter() - self.t,
+            "client_cpu_s": time.process_time() - self.cpu + _children_cpu() - self.child,
+            "server_cpu_s": (self.ep.cpu_s() - self.server) if self.ep else 0.0,
+        }
+
+
+def ship(store: Store, ep: "Endpoint", threads: int) -> tuple[dict[str, float], Any]:
+    sink = ElasticSink(ElasticsearchConfig(enabled=True, urls=[ep.url], bulk_docs=500), threads=threads)
     sink.setup()
-    t = time.perf_counter()
+    clock = Clock(ep)
     total = None
     for _ in range(100):
         s = sink.ship_pending(store)
         total = s if total is None else (total.add(s) or total)
         if store.pending_count() == 0:
             break
-    elapsed = time.perf_counter() - t
+    used = clock.stop()
     sink.close()
     if store.pending_count():
         raise RuntimeError(f"{store.pending_count()} documents not shipped: {total.last_error}")
-    return elapsed, total
+    return used, total
 
 
-def run_adstash(history_in_chroot: str, port: int | None, interface: str, tag: str) -> float:
+def run_adstash(history_in_chroot: str, ep: "Endpoint | None", interface: str, tag: str) -> dict[str, float]:
+    port = ep.port if ep else None
     args = [str(DEVPOOL), "root", "condor_adstash", "--standalone", "--interface", interface,
             "--ad_file", history_in_chroot, "--log_file", f"/tmp/opos-bench-adstash-{tag}.log",
             "--checkpoint_file", f"/tmp/opos-bench-adstash-{tag}.json", "--log_level", "WARNING"]
     if port is not None:
         args += ["--se_host", f"127.0.0.1:{port}", "--se_index_name", "htcondor-bench", "--se_bunch_size", "500",
                  "--se_no_log_mappings"]
-    t = time.perf_counter()
+    clock = Clock(ep)
     p = subprocess.run(args, capture_output=True, text=True, timeout=3600)
-    elapsed = time.perf_counter() - t
+    used = clock.stop()
     if p.returncode != 0:
         raise RuntimeError(f"condor_adstash failed ({p.returncode}): {p.stderr[-500:]}")
-    return elapsed
+    return used
 
 
 def peer_reason() -> str | None:
@@ -172,41 +202,37 @@ def main() -> int:
 
         # --- opos: history file -> store (the durable outbox) ---------------------------------
         store = Store.open(work / "store.sqlite", max_bytes=1 << 34)
-        t = time.perf_counter()
+        clock = Clock()
         stored = fill_store(history, store)
-        res["opos_fill_s"] = time.perf_counter() - t
+        res["opos_fill"] = clock.stop()
         assert stored == n, stored
 
-        # --- opos: ship (1 thread), then replay, then 2 threads ---------------------------------
+        # --- opos: ship (1 thread) and re-send, then 2 threads -----------------------------------
         for threads in (1, 2):
             ep = Endpoint()
             try:
                 if threads == 2:
                     store.requeue_range(None, None)
-                el, stats = ship(store, ep.url, threads)
+                res[f"opos_ship_t{threads}"], _ = ship(store, ep, threads)
                 held = ep.count("opos-jobs-*")
-                res[f"opos_ship_t{threads}_s"] = el
-                res[f"opos_ship_t{threads}_docs_s"] = n / el
                 assert held == n, f"endpoint holds {held}, expected {n}"
                 if threads == 1:
                     store.requeue_range(None, None)
-                    el2, _ = ship(store, ep.url, 1)
-                    res["opos_resend_s"] = el2
+                    res["opos_resend"], _ = ship(store, ep, 1)
                     res["opos_after_resend_docs"] = ep.count("opos-jobs-*")
             finally:
                 ep.close()
-        res["opos_end_to_end_s"] = res["opos_fill_s"] + res["opos_ship_t1_s"]
         store.close()
 
         # --- condor_adstash ---------------------------------------------------------------------
         if reason is None:
             inside = "/" + str(history.relative_to(CHROOT))
-            res["adstash_null_s"] = run_adstash(inside, None, "null", "null")
+            res["adstash_null"] = run_adstash(inside, None, "null", "null")
             ep = Endpoint()
             try:
-                res["adstash_es_s"] = run_adstash(inside, ep.port, "elasticsearch", "es1")
+                res["adstash_es"] = run_adstash(inside, ep, "elasticsearch", "es1")
                 res["adstash_docs"] = ep.count("htcondor-bench")
-                run_adstash(inside, ep.port, "elasticsearch", "es2")
+                run_adstash(inside, ep, "elasticsearch", "es2")
                 res["adstash_docs_after_rerun"] = ep.count("htcondor-bench")
             finally:
                 ep.close()
@@ -217,30 +243,36 @@ def main() -> int:
         if history.exists() and str(history).startswith(str(CHROOT)):
             history.unlink()
 
+    res["load_avg_after"] = os.getloadavg()
     if a.json:
         print(json.dumps(res, indent=2))
         return 0
-    print(f"{n} ads ({res['history_mb']} MB history file), Python {res['python']}, {res['cpus']} CPUs;"
+
+    def row(label: str, m: dict[str, float], note: str = "") -> None:
+        print(f"  {label:26} {m['wall_s']:7.1f} s {n / m['wall_s']:8.0f} docs/s   client CPU {m['client_cpu_s']:6.1f} s"
+              f" ({m['client_cpu_s'] / n * 1e6:5.0f} us/doc)   endpoint CPU {m['server_cpu_s']:6.1f} s  {note}")
+
+    print(f"{n} ads ({res['history_mb']} MB history file), Python {res['python']}, {res['cpus']} CPUs,"
+          f" load average after {res['load_avg_after'][0]:.1f};"
           f" server: the test endpoint (Elasticsearch 9 mode, own process)")
-    print(f"  opos ship, 1 thread      {res['opos_ship_t1_s']:7.1f} s  {res['opos_ship_t1_docs_s']:8.0f} docs/s")
-    print(f"  opos ship, 2 threads     {res['opos_ship_t2_s']:7.1f} s  {res['opos_ship_t2_docs_s']:8.0f} docs/s")
-    print(f"  opos re-send all         {res['opos_resend_s']:7.1f} s  endpoint holds {res['opos_after_resend_docs']}"
-          f" docs (no duplicates)")
-    print(f"  opos file -> store       {res['opos_fill_s']:7.1f} s  {n / res['opos_fill_s']:8.0f} docs/s"
-          f"  (read, classify, durable commit)")
-    print(f"  opos end to end          {res['opos_end_to_end_s']:7.1f} s  {n / res['opos_end_to_end_s']:8.0f} docs/s")
-    if "adstash_es_s" in res:
-        print(f"  adstash --interface null {res['adstash_null_s']:7.1f} s  {n / res['adstash_null_s']:8.0f} docs/s"
-              f"  (read + convert only)")
-        print(f"  adstash elasticsearch    {res['adstash_es_s']:7.1f} s  {n / res['adstash_es_s']:8.0f} docs/s"
-              f"  (endpoint holds {res['adstash_docs']})")
-        print(f"  adstash run again        endpoint holds {res['adstash_docs_after_rerun']} docs"
-              f" ({res['adstash_docs_after_rerun'] - res['adstash_docs']} duplicated)")
-        es_phase = res["adstash_es_s"] - res["adstash_null_s"]
-        print(f"ratio end to end (adstash time / opos time):      {res['adstash_es_s'] / res['opos_end_to_end_s']:.2f}")
-        if es_phase > 0:
-            print(f"ratio shipping only (adstash ES phase / opos ship): {es_phase / res['opos_ship_t1_s']:.2f}"
-                  f"  (adstash ES phase = elasticsearch run - null run = {es_phase:.1f} s)")
+    row("opos ship, 1 thread", res["opos_ship_t1"])
+    row("opos ship, 2 threads", res["opos_ship_t2"])
+    row("opos re-send all", res["opos_resend"], f"endpoint holds {res['opos_after_resend_docs']} (no duplicates)")
+    row("opos file -> store", res["opos_fill"], "read, classify, durable commit")
+    e2e = {k: res["opos_fill"][k] + res["opos_ship_t1"][k] for k in res["opos_fill"]}
+    row("opos end to end", e2e)
+    if "adstash_es" in res:
+        row("adstash --interface null", res["adstash_null"], "read + convert only")
+        row("adstash elasticsearch", res["adstash_es"], f"endpoint holds {res['adstash_docs']}")
+        print(f"  adstash run again: endpoint holds {res['adstash_docs_after_rerun']} documents"
+              f" ({res['adstash_docs_after_rerun'] - res['adstash_docs']} duplicated; opos: 0)")
+        ad_ship_cpu = res["adstash_es"]["client_cpu_s"] - res["adstash_null"]["client_cpu_s"]
+        print("ratios (adstash / opos; > 1 means opos is faster):")
+        print(f"  end to end, wall time:              {res['adstash_es']['wall_s'] / e2e['wall_s']:.2f}")
+        print(f"  end to end, client CPU:             {res['adstash_es']['client_cpu_s'] / e2e['client_cpu_s']:.2f}")
+        print(f"  shipping only, client CPU:          {ad_ship_cpu / res['opos_ship_t1']['client_cpu_s']:.2f}"
+              f"  (adstash: elasticsearch run - null run = {ad_ship_cpu:.1f} s)")
+        print(f"  endpoint CPU per document:          {res['adstash_es']['server_cpu_s'] / res['opos_ship_t1']['server_cpu_s']:.2f}")
     else:
         print(f"  condor_adstash not measured: {res['peer_not_measured']}")
     return 0

@@ -184,6 +184,8 @@ _CANON = {name.lower(): name for name in RAW_FIELDS}
 _NAME_CACHE: dict[str, tuple[str, str] | None] = {name: (name, kind) for name, kind in RAW_FIELDS.items()}
 _NAME_CACHE_MAX = 100_000
 _SCALARS = (int, float, bool, type(None))
+_MISS = object()
+_I64 = 2**63
 
 
 def _known(name: str) -> tuple[str, str] | None:
@@ -224,18 +226,28 @@ def shape_document(
     raw: dict[str, Any] = {}
     unindexed: dict[str, Any] = {}
     limit = KEYWORD_LIMIT
+    cache = _NAME_CACHE
     for name, value in doc.items():
         if name == "opos":
             continue
-        known = _known(name)
+        known = cache.get(name, _MISS)
+        if known is _MISS:
+            known = _known(name)
+        cls = value.__class__
         if known is not None and value is not None:
-            canon = known[0]
+            canon, fkind = known  # type: ignore[misc]
             if canon not in out:
-                fits, v = _conform(known[1], value)
+                # the common cases inline (same verdicts as _conform), the rest through it
+                if fkind == "keyword" and cls is str or fkind == "reason" and cls is str:
+                    out[canon] = value
+                    continue
+                if cls is int and (fkind == "long" or fkind == "double") and -_I64 <= value < _I64:
+                    out[canon] = value
+                    continue
+                fits, v = _conform(fkind, value)
                 if fits:
                     out[canon] = v
                     continue
-        cls = value.__class__
         if cls is str:
             if len(value) <= limit:
                 raw[name] = value

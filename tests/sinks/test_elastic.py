@@ -878,6 +878,25 @@ def test_real_pool_ads_round_trip_with_types_and_whole_reasons(es9, tmp_path):
     assert ok["raw"]["MemoryUsage"] == "((ResidentSetSize + 1023) / 1024)" and ok["ExitBySignal"] is False
 
 
+@pytest.mark.integration
+def test_real_pool_catalogue_jobs_round_trip(catalogue_run, es9, tmp_path):
+    """Every catalogue job run for real on the dev pool (HTCondor 23.9): its record reaches the
+    endpoint with typed fields, whole reasons and the category the catalogue tags it with."""
+    store = open_store(tmp_path)
+    recs = {name: record_of(dict(o.ad), NOW + i) for i, (name, o) in enumerate(sorted(catalogue_run.items()))}
+    store.commit_batch(list(recs.values()))
+    drain(ready_sink(es9), store)
+    assert_delivered(es9, store, {r.doc_id: r for r in recs.values()})
+    for name, o in catalogue_run.items():
+        _, d = es9.doc(recs[name].doc_id)
+        src = d.source
+        assert isinstance(src["ClusterId"], int) and isinstance(src["JobStatus"], int) and isinstance(src["QDate"], int)
+        for attr in ("HoldReason", "LastHoldReason", "RemoveReason"):
+            if isinstance(o.ad.get(attr), str):
+                assert src[attr] == o.ad[attr], (name, attr)
+        assert src["opos"]["category"] == o.entry.category, name
+
+
 # ---------------------------------------------------------------------------------------------
 # Kibana saved objects
 
