@@ -92,5 +92,8 @@ def run(store_path: Any, *, since: str | None, site: str | None, category: str |
     finally:
         store.close()
     shown = ", ".join(f"{k}={v}" for k, v in {"since": since, **filters}.items() if v)
-    render(Console(), sigs, rows, f" ({shown})" if shown else "")
+    console = Console()
+    if not console.is_terminal:  # piped or logged: don't squeeze the reasons into 80 columns
+        console.width = max(console.width, 160)
+    render(console, sigs, rows, f" ({shown})" if shown else "")
     return 0
