@@ -41,7 +41,7 @@ import orjson
 
 from ..records import JobRecord, to_float, to_int
 from .base import Handoff, PollResult, SourceKey
-from .htc import EPOCH_ATTRS, JOB_ATTRS, QueryError, Runner, ScheddTarget, ad_dict
+from .htc import EPOCH_ATTRS, JOB_ATTRS, QueryError, Runner, ScheddTarget, ad_dict, record_from_wire, record_to_wire
 
 __all__ = [
     "EPOCHS",
@@ -96,7 +96,7 @@ class HistoryOptions:
     """Tuning of one history poll (defaults suit a production schedd)."""
 
     page_size: int = 10000  # records fetched per query (a worker holds one page: ~110 MB of noop ads)
-    prefetch: int = 1  # pages fetched ahead while one is handed off: memory <= (prefetch + 1) pages
+    prefetch: int = 2  # pages fetched at once (in parallel workers) while one is handed off
     probe_size: int = 1000  # a backlog up to this size is read in one query, without the index
     batch_size: int = 1000  # records per hand-off (one durable commit each)
     max_runs: int = 2000  # intervals in one page constraint before the page is split
@@ -332,15 +332,16 @@ def fetch_index(client: Any, source: str, since: Optional[str], match: int = -1)
 
 
 def fetch_page(client: Any, source: str, since: Optional[str], constraint: Optional[str], projection: Sequence[str],
-               pool: str, schedd: str, match: int = -1) -> list[tuple[Key, JobRecord]]:
+               pool: str, schedd: str, match: int = -1) -> list[tuple[Key, tuple]]:
     """The records selected by ``constraint`` among those newer than ``since`` (newest first,
-    at most ``match``), as records."""
+    at most ``match``), as ``(key, record_to_wire(JobRecord))``."""
     stream = STREAMS[source]
     ads = getattr(client, stream.method)(_expr(constraint), list(projection), match, _expr(since))
     out = []
     for ad in ads:
         d = ad_dict(ad)
-        out.append((_key(d, stream.key_attrs), JobRecord.from_ad(d, pool=pool, schedd=schedd, source=stream.source)))
+        rec = JobRecord.from_ad(d, pool=pool, schedd=schedd, source=stream.source)
+        out.append((_key(d, stream.key_attrs), record_to_wire(rec)))
     return out
 
 
@@ -352,7 +353,7 @@ class _PageSpec(NamedTuple):
     start: int
     end: int
     since: Optional[str]
-    constraint: str
+    constraint: Optional[str]
 
 
 class _Poll:
@@ -413,8 +414,7 @@ class _Poll:
         """The common case: everything since the checkpoint fits in one query.  Returns False
         (nothing handed off) when the backlog is larger than ``probe_size``."""
         limit = min(self.opts.probe_size, self.opts.page_size) + 1
-        got = self.call(fetch_page, self.stream.source, since, None, self.projection,
-                        self.target.pool, self.target.name, limit)
+        got = self.fetch(_PageSpec(0, 0, since, None), limit)
         index = [Entry(k, k, _time(r.attrs, self.stream.time_attrs)) for k, r in got]
         n, found = locate_backlog(index, cp)
         if not found and len(got) == limit:
@@ -435,9 +435,10 @@ class _Poll:
         since = since_expr(index[end].key, self.stream) if end < len(index) else floor
         return [_PageSpec(start, end, since, constraint)]
 
-    def fetch(self, spec: _PageSpec) -> list[tuple[Key, JobRecord]]:
-        return self.call(fetch_page, self.stream.source, spec.since, spec.constraint, self.projection,
-                         self.target.pool, self.target.name)
+    def fetch(self, spec: _PageSpec, match: int = -1) -> list[tuple[Key, JobRecord]]:
+        got = self.call(fetch_page, self.stream.source, spec.since, spec.constraint, self.projection,
+                        self.target.pool, self.target.name, match)
+        return [(k, record_from_wire(v)) for k, v in got]
 
     def fetch_and_deliver(self, index: Sequence[Entry], specs: Sequence[_PageSpec]) -> None:
         """Hand pages off in order while up to ``prefetch`` later pages are being fetched."""

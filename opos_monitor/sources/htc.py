@@ -23,9 +23,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import multiprocessing
+import operator
 import os
 import shutil
 import tempfile
@@ -56,6 +58,8 @@ __all__ = [
     "condor_params",
     "connect",
     "job_projection",
+    "record_from_wire",
+    "record_to_wire",
     "schedd_selected",
 ]
 
@@ -264,6 +268,23 @@ def _json_expr(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _json_expr(x) for k, x in v.items()}
     return v
+
+
+# ---------------------------------------------------------------------------
+# records across the process boundary
+
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(records.JobRecord))
+_record_values = operator.attrgetter(*_RECORD_FIELDS)
+
+
+def record_to_wire(record: records.JobRecord) -> tuple:
+    """A JobRecord as a plain tuple of its field values (pickles ~2x faster than the object)."""
+    return _record_values(record)
+
+
+def record_from_wire(values: tuple) -> records.JobRecord:
+    """The JobRecord back from :func:`record_to_wire` (same code version on both sides)."""
+    return records.JobRecord(*values)
 
 
 # ---------------------------------------------------------------------------

@@ -29,7 +29,8 @@ from ..records import STATUS_NAMES, JobRecord, status_name
 from .base import Handoff, PollResult, SourceKey
 from .history import EPOCHS, HISTORY, HistoryOptions, poll_history
 from .htc import (JOB_ATTRS, Backoff, CollectorTarget, ProcessRunner, QueryError, QueryTimeout, Runner,
-                  ScheddTarget, TokenDir, ad_dict, condor_params, job_projection, schedd_selected)
+                  ScheddTarget, TokenDir, ad_dict, condor_params, job_projection, record_from_wire, record_to_wire,
+                  schedd_selected)
 
 __all__ = [
     "ALL_SCHEDDS",
@@ -149,11 +150,12 @@ def status_counts(codes: Sequence[Any]) -> dict[str, int]:
     return counts
 
 
-def fetch_queue(client: Any, projection: Sequence[str], pool: str, schedd: str) -> tuple[dict[str, int], list[JobRecord]]:
-    """Worker: counts by status (every job) and the held/removed jobs as records."""
+def fetch_queue(client: Any, projection: Sequence[str], pool: str, schedd: str) -> tuple[dict[str, int], list[tuple]]:
+    """Worker: counts by status (every job) and the held/removed jobs (``record_to_wire``)."""
     codes = [ad.get("JobStatus") for ad in client.query("true", ["JobStatus"])]
     failed = client.query(FAILED_LIVE, list(projection))
-    records = [JobRecord.from_ad(ad_dict(ad), pool=pool, schedd=schedd, source="queue") for ad in failed]
+    records = [record_to_wire(JobRecord.from_ad(ad_dict(ad), pool=pool, schedd=schedd, source="queue"))
+               for ad in failed]
     return status_counts(codes), records
 
 
@@ -163,8 +165,8 @@ def poll_queue(runner: Runner, target: ScheddTarget, handoff: Handoff, *, projec
     handed off, checkpoint None). A failed query raises QueryError."""
     t0 = time.monotonic()
     key = SourceKey(target.pool, target.name, "queue")
-    counts, records = runner.call(target, fetch_queue, tuple(projection), target.pool, target.name,
-                                  timeout=timeout_s)
+    counts, wire = runner.call(target, fetch_queue, tuple(projection), target.pool, target.name, timeout=timeout_s)
+    records = [record_from_wire(v) for v in wire]
     for i in range(0, len(records), batch_size):
         handoff.commit(key, records[i:i + batch_size], None)
     return PollResult(key, status_counts=counts, records=len(records), duration_s=time.monotonic() - t0)

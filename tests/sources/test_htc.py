@@ -199,3 +199,19 @@ def test_backoff_grows_caps_and_resets():
     assert b.wait_s("other") == 0
     b.success("k")
     assert b.wait_s("k") == 0 and b.failures("k") == 0
+
+
+def test_records_cross_the_process_boundary_as_tuples():
+    import pickle
+
+    from opos_monitor.records import JobRecord
+    from opos_monitor.sources.htc import record_from_wire, record_to_wire
+
+    ad = {"ClusterId": 7, "ProcId": 1, "QDate": 1_700_000_000, "JobStatus": 5, "HoldReasonCode": 26,
+          "HoldReason": "Job memory usage 2100 MB exceeded request_memory 2000 MB", "EnteredCurrentStatus": 1_700_000_500,
+          "RequestMemory": Expr("ifThenElse(MemoryUsage =!= undefined, MemoryUsage, 2000)"), "ExitSignal": None,
+          "GlobalJobId": "jobsub01.fnal.gov#7.1#1700000000", "x509UserProxyExpiration": 1_700_100_000, "Odd": ERROR}
+    rec = JobRecord.from_ad(ad, pool="fermigrid", schedd="jobsub01.fnal.gov", source="history")
+    back = record_from_wire(pickle.loads(pickle.dumps(record_to_wire(rec))))
+    assert back == rec and back.attrs == rec.attrs and back.hold_time == rec.hold_time
+    assert isinstance(back.attrs["RequestMemory"], Expr) and back.attrs["Odd"] is ERROR
