@@ -99,6 +99,39 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
+def cmd_es_setup(args: argparse.Namespace) -> int:
+    from .sinks.elastic import es_setup_main
+
+    cfg = _load(args)
+    return es_setup_main(cfg, retention_days=args.retention_days)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Put dead letters, or every record of a time range, back in the outbox for shipping."""
+    from .commands_failures import parse_since
+    from .sinks.store import Store, StoreError
+
+    cfg = _load(args)
+    if not cfg.elasticsearch.enabled:
+        print("opos-monitor replay: elasticsearch.enabled is false: nothing would ship the records", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        since, until = parse_since(args.since), parse_since(args.until)
+        with Store.open(cfg.store_path, max_bytes=cfg.store.max_bytes, outbox_enabled=True) as store:
+            if args.dead_letters:
+                n = store.requeue_dead(args.doc_id or None)
+                what = "dead letters"
+            else:
+                n = store.requeue_range(since, until)
+                what = "records"
+    except (StoreError, ValueError) as exc:
+        print(f"opos-monitor replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"opos-monitor replay: {n} {what} queued for shipping; the running daemon (or `once`) ships them",
+          file=sys.stderr)
+    return EXIT_OK
+
+
 def _logging(args: argparse.Namespace, cfg: Config) -> None:
     from .logsetup import configure_logging
 
@@ -152,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-only", action="store_true", help="do not ask the schedds; read the local store")
     p.add_argument("--json", action="store_true", help="print the story and verdict as JSON")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("es-setup", help="install the Elasticsearch/OpenSearch index template and retention policy")
+    p.add_argument("--retention-days", type=int, help="delete indices older than this (default: 400)")
+    p.set_defaults(func=cmd_es_setup)
+
+    p = sub.add_parser("replay", help="re-send dead letters or a time range of stored records to Elasticsearch")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--dead-letters", action="store_true", help="re-send the dead letters (all, or --doc-id)")
+    g.add_argument("--since", help="re-send records that ended since (24h, 7d or an ISO time)")
+    p.add_argument("--until", help="with --since: up to this time")
+    p.add_argument("--doc-id", action="append", help="with --dead-letters: only these document ids")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("once", help="poll every configured source once and print a summary per schedd")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -60,6 +60,9 @@ def run(cfg: Config, *, as_json: bool = False) -> int:
         with console.status("polling schedds…", spinner="dots"):
             results = rt.poll_all()
             results.extend(rt.replay_adfiles())
+        if rt.sink is not None:
+            with console.status("shipping to Elasticsearch…", spinner="dots"):
+                rt.ship_pending()
         rows = summarize(results, rt.pipeline.totals)
     finally:
         rt.close()

@@ -180,6 +180,15 @@ class Runtime:
                                     sink=kind, ok=stats.last_error is None)
         self.refresh_store_metrics()
 
+    def ship_pending(self, max_seconds: float = 300.0) -> None:
+        """Ship until the outbox is empty, nothing more can go now, or ``max_seconds`` pass."""
+        deadline = time.monotonic() + max_seconds
+        while self.sink is not None and self.store.pending_count() and time.monotonic() < deadline:
+            before = self.store.pending_count()
+            self.ship_once()
+            if self.store.pending_count() >= before:  # nothing went (cluster down, backoff)
+                break
+
     # -- accounting -----------------------------------------------------------------------------
 
     def _account(self, r: PollResult) -> None:
