@@ -40,7 +40,7 @@ from ..classads import ReadError, read_ads
 from ..records import JobRecord, to_int, to_str
 from .base import Handoff, PollResult, SourceKey
 
-__all__ = ["AdFileCheckpoint", "AdFileSource", "ReplayStats", "schedd_of", "record_of_ad"]
+__all__ = ["AdFileCheckpoint", "AdFileSource", "ReplayStats", "has_identity", "record_of_ad", "replay", "schedd_of"]
 
 log = logging.getLogger(__name__)
 
