@@ -82,6 +82,14 @@ def run_opos(runner, target, cp: str, page_size: int, prefetch: int) -> tuple[in
     return h.records, elapsed
 
 
+def checkpoint_behind(runner, target, n: int) -> str:
+    """Our checkpoint ``n`` records behind the newest (a steady-state backlog)."""
+    from opos_monitor.sources.history import Entry, fetch_index
+
+    idx = [Entry(*e) for e in runner.call(target, fetch_index, "history", None, n + 2)]
+    return Checkpoint("history", idx[n].key, idx[n + 1].key, idx[n].t).to_json()
+
+
 def run_adstash(schedd: str, ckpt_json: str, max_ads: int) -> tuple[int, float]:
     (dp.CHROOT / ADSTASH_CKPT.lstrip("/")).write_text(ckpt_json)
     log = dp.CHROOT / ADSTASH_LOG.lstrip("/")
@@ -104,6 +112,7 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=20_000)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--schedd", default="jobsub01@vm", help="a fermigrid schedd (default jobsub01@vm)")
+    p.add_argument("--small", type=int, default=500, help="steady-state backlog measured too (default 500)")
     d = HistoryOptions()
     p.add_argument("--configs", default=f"{d.page_size}:{d.prefetch}",
                    help="comma-separated opos configurations PAGE_SIZE:PREFETCH to measure (default: the defaults)")
@@ -138,7 +147,17 @@ def main() -> int:
                 runs[name].append(run_opos(runner, target, cp, size, ahead))
             runs["adstash (cap 10000)"].append(run_adstash(args.schedd, ad_cp, 10_000))
             runs["adstash (no cap)"].append(run_adstash(args.schedd, ad_cp, args.jobs * 2))
+        small_cp = checkpoint_behind(runner, target, args.small)
+        small_ad = adstash_checkpoint(args.schedd, small_cp)
+        small = {"opos": [], "adstash": []}
+        for _ in range(args.repeat):
+            small["opos"].append(run_opos(runner, target, small_cp, *configs[0]))
+            small["adstash"].append(run_adstash(args.schedd, small_ad, 10_000))
     runner.close()
+    print(f"\nsteady state: a backlog of {args.small} records (one poll), medians of {args.repeat}:")
+    for name, rs in small.items():
+        n, s = int(statistics.median(r[0] for r in rs)), statistics.median(r[1] for r in rs)
+        print(f"  {name:8} {n:6d} records in {s:5.2f} s")
     print(f"\nload average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; medians of {args.repeat} runs "
           f"(adstash on an empty backlog: {empty_ad[1]:.2f} s start-up)")
     print(f"{'tool':30} {'records':>8} {'of new':>7} {'wall s':>8} {'records/s':>10}")
