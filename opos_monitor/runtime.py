@@ -131,7 +131,7 @@ class Runtime:
         """Discovery, then every schedd's sources (bounded concurrency), then event logs."""
         results = self.discover()
         kinds = tuple(kinds or self.schedds.kinds)
-        futures = [self.schedds._pool.submit(self.poll_schedd, k, kinds) for k in self.known_schedds()]
+        futures = [self.schedds.executor.submit(self.poll_schedd, k, kinds) for k in self.known_schedds()]
         for f in futures:
             results.extend(f.result())
         results.extend(self.poll_eventlogs())
