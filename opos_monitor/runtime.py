@@ -203,7 +203,7 @@ class Runtime:
         if r.key.source == "queue" and r.ok:
             with self._lock:
                 tally = self._tally.pop((r.key.pool, r.key.schedd), _QueueTally(Counter()))
-            self.metrics.set_queue(r.key.pool, r.key.schedd, r.status_counts, dict(tally.held))
+            self.metrics.set_queue(r.key.pool, r.key.schedd, r.status_counts, dict(tally.held), r.cred_expiring)
         if r.gap:
             log.warning("history gap", source=str(r.key), gap=r.gap)
         self.refresh_store_metrics()

@@ -53,3 +53,4 @@ class PollResult:
     status_counts: Mapping[str, int] = field(default_factory=dict)  # queue sources: jobs by status
     gap: str | None = None  # description of a detected gap (history rotated past unread records…)
     lag_s: float | None = None  # history: now - newest record's time
+    cred_expiring: int = 0  # queue: live jobs whose X.509 proxy expires within a day

@@ -150,13 +150,27 @@ def status_counts(codes: Sequence[Any]) -> dict[str, int]:
     return counts
 
 
-def fetch_queue(client: Any, projection: Sequence[str], pool: str, schedd: str) -> tuple[dict[str, int], list[tuple]]:
-    """Worker: counts by status (every job) and the held/removed jobs (``record_to_wire``)."""
-    codes = [ad.get("JobStatus") for ad in client.query("true", ["JobStatus"])]
+def expiring_soon(ads: Sequence[Mapping[str, Any]], before: float) -> int:
+    """Idle, running or suspended jobs whose X.509 proxy expires before ``before`` (epoch s)."""
+    n = 0
+    for ad in ads:
+        exp = ad.get("x509UserProxyExpiration")
+        if ad.get("JobStatus") in (1, 2, 7) and isinstance(exp, (int, float)) and not isinstance(exp, bool) \
+                and exp < before:
+            n += 1
+    return n
+
+
+def fetch_queue(client: Any, projection: Sequence[str], pool: str, schedd: str,
+                cred_window_s: float = 86400.0) -> tuple[dict[str, int], list[tuple], int]:
+    """Worker: counts by status (every job), the held/removed jobs (``record_to_wire``) and how
+    many live jobs' proxies expire within ``cred_window_s``."""
+    small = [dict(ad) for ad in client.query("true", ["JobStatus", "x509UserProxyExpiration"])]
+    codes = [ad.get("JobStatus") for ad in small]
     failed = client.query(FAILED_LIVE, list(projection))
     records = [record_to_wire(JobRecord.from_ad(ad_dict(ad), pool=pool, schedd=schedd, source="queue"))
                for ad in failed]
-    return status_counts(codes), records
+    return status_counts(codes), records, expiring_soon(small, time.time() + cred_window_s)
 
 
 def poll_queue(runner: Runner, target: ScheddTarget, handoff: Handoff, *, projection: Sequence[str] = JOB_ATTRS,
@@ -165,11 +179,13 @@ def poll_queue(runner: Runner, target: ScheddTarget, handoff: Handoff, *, projec
     handed off, checkpoint None). A failed query raises QueryError."""
     t0 = time.monotonic()
     key = SourceKey(target.pool, target.name, "queue")
-    counts, wire = runner.call(target, fetch_queue, tuple(projection), target.pool, target.name, timeout=timeout_s)
+    counts, wire, expiring = runner.call(target, fetch_queue, tuple(projection), target.pool, target.name,
+                                         timeout=timeout_s)
     records = [record_from_wire(v) for v in wire]
     for i in range(0, len(records), batch_size):
         handoff.commit(key, records[i:i + batch_size], None)
-    return PollResult(key, status_counts=counts, records=len(records), duration_s=time.monotonic() - t0)
+    return PollResult(key, status_counts=counts, records=len(records), duration_s=time.monotonic() - t0,
+                      cred_expiring=expiring)
 
 
 # ---------------------------------------------------------------------------

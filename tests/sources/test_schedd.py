@@ -234,3 +234,13 @@ def test_two_polls_of_one_source_never_overlap():
             first, second = ex.map(lambda _: src.poll_schedd(known, ("history",))[0], range(2))
     assert sorted([first.records, second.records]) == [0, 3] and first.ok and second.ok
     assert not h.duplicates()
+
+
+def test_expiring_soon_counts_live_jobs_whose_proxy_expires_in_the_window():
+    from opos_monitor.sources.schedd import expiring_soon
+
+    ads = [{"JobStatus": 2, "x509UserProxyExpiration": 100}, {"JobStatus": 1, "x509UserProxyExpiration": 500},
+           {"JobStatus": 5, "x509UserProxyExpiration": 100},  # held: not live
+           {"JobStatus": 2}, {"JobStatus": 2, "x509UserProxyExpiration": "expr"}]
+    assert expiring_soon(ads, before=200) == 1
+    assert expiring_soon(ads, before=1000) == 2
