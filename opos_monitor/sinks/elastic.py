@@ -21,8 +21,8 @@ Documents:
   the version (microseconds) keeps a late, older copy from overwriting a newer one.
 * index ``<prefix>-YYYY.MM`` (UTC) of the record's end time, else of its last update.  When
   that month differs from months the document may have been indexed under before (from its
-  QDate to now), the same bulk deletes those copies (a live job shipped in May and finished in
-  June lives only in June's index).
+  QDate to its end, or to now while it runs), the same bulk deletes those copies (a live job
+  shipped in May and finished in June lives only in June's index).
 * :func:`shape_document` types the document for the index template (see
   :mod:`opos_monitor.sinks.es_schema` and ``docs/record-schema.md``).
 
@@ -60,6 +60,7 @@ __all__ = [
     "index_name",
     "item_actions",
     "make_client",
+    "retry_reason",
     "shape_document",
     "stale_indices",
 ]
@@ -304,15 +305,18 @@ def _submitted(doc: Mapping[str, Any]) -> float | None:
 def stale_indices(prefix: str, doc: Mapping[str, Any], *, end_time: float | None, updated_at: float) -> list[str]:
     """Indices an earlier version of this document may be in, other than its index now.
 
-    Earlier versions were indexed by their own end time or update time, which lie between the
-    job's submission (QDate) and now (this version's update time); the newest
-    ``MAX_SWEEP_MONTHS`` months of that range are swept.
+    An earlier version was indexed by its end time, or, while the job was alive, by when it
+    was observed; both lie between the job's submission (QDate) and this version's end time
+    (a job is only observed alive before it ends, and its end time only moves forward: held,
+    then completed), or now while the job is still alive.  The newest ``MAX_SWEEP_MONTHS``
+    months of that range are swept.  A record first seen long after its job ended (a backfill)
+    therefore costs no extra deletes.
     """
     target = index_name(prefix, end_time if end_time is not None else updated_at)
-    last = max(updated_at, end_time or 0.0)
+    last = end_time if end_time is not None else updated_at
     first = _submitted(doc)
     if first is None or first > last:
-        first = min(updated_at, end_time if end_time is not None else updated_at)
+        first = last
     names = [f"{prefix}-{y:04d}.{m:02d}" for y, m in _months(first, last)[-MAX_SWEEP_MONTHS:]]
     return [n for n in names if n != target]
 
@@ -364,6 +368,18 @@ def describe_error(op: str, result: Mapping[str, Any]) -> str:
         text = f"{where}: HTTP {status} " + "; ".join(parts)
         return text + "\n" + orjson.dumps(err, default=str).decode()
     return redact_text(f"{where}: HTTP {status} {err}")
+
+
+def retry_reason(op: str, result: Mapping[str, Any]) -> str:
+    """Why an action will be retried, the same text for every document that failed the same
+    way (so a failed bulk is put back in one store transaction, not one per document)."""
+    status = result.get("status")
+    err = result.get("error")
+    if isinstance(err, dict):
+        text = f"{err.get('type')}: {err.get('reason')}"
+    else:
+        text = str(err)
+    return redact_text(f"{op}: HTTP {status} {text}")[:2000]
 
 
 def _error_type(result: Mapping[str, Any]) -> str:
@@ -469,7 +485,7 @@ def _settle(
             if what == "superseded":
                 superseded = True
             elif what == "retry" and verdict != "dead":
-                verdict, reason = "retry", describe_error(op, result)
+                verdict, reason = "retry", retry_reason(op, result)
             elif what == "dead":
                 verdict, reason = "dead", describe_error(op, result)
             elif op == "delete" and what == "ok" and result.get("status") == 200:
