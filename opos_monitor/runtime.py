@@ -62,10 +62,14 @@ class Runtime:
         self.enricher = Enricher.create(c.rulesets, cfg.sites.corrections)
         self.pipeline = Pipeline(self.store, self.enricher, observers=[self._observe])
         kinds = tuple(schedd_kinds or cfg.sources.schedd_sources)
-        self.schedds = ScheddSources(cfg.pools, cfg.htcondor, self.pipeline, kinds=kinds, runner=runner,
-                                     extra_attrs=("JobCurrentStartDate", "LastJobStatus"))
-        self.eventlogs = self._eventlog_source()
-        self.sink = self._es_sink()
+        try:
+            self.schedds = ScheddSources(cfg.pools, cfg.htcondor, self.pipeline, kinds=kinds, runner=runner,
+                                         extra_attrs=("JobCurrentStartDate", "LastJobStatus"))
+            self.eventlogs = self._eventlog_source()
+            self.sink = self._es_sink()
+        except BaseException:  # e.g. a missing token file: leave the store closed cleanly
+            self.store.close()
+            raise
         self._tally: dict[tuple[str, str], _QueueTally] = {}
         # GlobalJobIds whose failure was already counted (held seen in the queue, then removed
         # in history: one outcome). Bounded; after a restart counters start again anyway.
