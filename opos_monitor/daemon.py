@@ -109,7 +109,7 @@ class Daemon:
                 self._job_keys.pop(job.id, None)
 
     def _ship(self) -> None:
-        self.runtime.ship_once()
+        self.runtime.ship_pending(max_seconds=30.0)
 
     def schedule(self) -> None:
         cfg = self.cfg
@@ -118,7 +118,7 @@ class Daemon:
             self._add("eventlogs", self.runtime.poll_eventlogs, cfg.sources.eventlog_interval_s, ("*", "*", "eventlog"))
         if cfg.sources.adfiles:
             self.scheduler.add_job(self.runtime.replay_adfiles, id="adfiles", name="adfiles")
-        if cfg.elasticsearch.enabled and hasattr(self.runtime, "ship_once"):
+        if cfg.elasticsearch.enabled:
             self._add("ship", self._ship, 5.0, ("*", "*", "ship"))
         self._add("store-metrics", self.runtime.refresh_store_metrics, 15.0, ("*", "*", "store"))
 

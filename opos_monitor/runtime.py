@@ -168,30 +168,23 @@ class Runtime:
 
         return ElasticSink.from_config(self.cfg)
 
-    def ship_once(self) -> None:
-        """Ship what the outbox holds (one pass); failures are retried by the store's backoff."""
-        if self.sink is None:
-            return
+    def _observe_pass(self, stats: Any) -> None:
         kind = self.cfg.elasticsearch.kind
-        try:
-            stats = self.sink.ship_once(self.store)
-        except Exception as exc:  # noqa: BLE001 - unreachable cluster etc.: nothing was acked
-            self.metrics.observe_es(0, 0, 0, None, sink=kind, ok=False)
-            log.warning("shipping failed; will retry", sink=kind, error=str(exc))
-            return
-        if stats.batches:
-            self.metrics.observe_es(stats.acked, stats.dead, stats.retried, stats.seconds / stats.batches,
-                                    sink=kind, ok=stats.last_error is None)
-        self.refresh_store_metrics()
+        self.metrics.observe_es(stats.acked, stats.dead, stats.retried,
+                                stats.seconds / stats.batches if stats.batches else None,
+                                sink=kind, ok=not stats.request_failed)
 
     def ship_pending(self, max_seconds: float = 300.0) -> None:
-        """Ship until the outbox is empty, nothing more can go now, or ``max_seconds`` pass."""
-        deadline = time.monotonic() + max_seconds
-        while self.sink is not None and self.store.pending_count() and time.monotonic() < deadline:
-            before = self.store.pending_count()
-            self.ship_once()
-            if self.store.pending_count() >= before:  # nothing went (cluster down, backoff)
-                break
+        """Ship until nothing is due, a pass makes no progress, or ``max_seconds`` pass
+        (the sink's own loop; each pass feeds the metrics)."""
+        if self.sink is None:
+            return
+        try:
+            self.sink.ship_pending(self.store, max_seconds=max_seconds, on_pass=self._observe_pass)
+        except Exception as exc:  # noqa: BLE001 - wrong server kind etc.: nothing was acked
+            self.metrics.observe_es(0, 0, 0, None, sink=self.cfg.elasticsearch.kind, ok=False)
+            log.warning("shipping failed; will retry", sink=self.cfg.elasticsearch.kind, error=str(exc))
+        self.refresh_store_metrics()
 
     # -- accounting -----------------------------------------------------------------------------
 
@@ -199,11 +192,6 @@ class Runtime:
         self.metrics.observe_poll(r)
         if r.ok:
             self.last_progress = time.monotonic()
-        # Outcomes that ended before this process started (a first history read, the held jobs
-        # already in the queue after a restart) are stored and shipped but not counted: counters
-        # start at 0 with the process, and counting a backlog would look like a burst of new
-        # failures to rate()/increase() and page for old news.
-        self.count_after = time.time() - _COUNT_GRACE_S
         if r.key.source == "queue" and r.ok:
             with self._lock:
                 tally = self._tally.pop((r.key.pool, r.key.schedd), _QueueTally(Counter()))
