@@ -146,6 +146,9 @@ class Config(_Section):
     state_dir: Path = Path("/var/lib/opos-monitor")
     # "i/N": this replica polls the schedds whose stable hash of "pool/schedd" mod N is i
     shard: str = Field("0/1", pattern=r"^\d+/\d+$")
+    # SIGTERM/SIGINT: how long in-flight polls and shipping may take to finish their batch
+    # before queries still running are abandoned (keep below systemd's TimeoutStopSec)
+    shutdown_timeout_s: float = Field(30.0, gt=0, le=600)
     pools: dict[str, PoolConfig] = {"local": PoolConfig(collectors=["127.0.0.1:9618"])}
     htcondor: HTCondorConfig = HTCondorConfig()
     sources: SourcesConfig = SourcesConfig()

@@ -7,8 +7,10 @@
 * ``/metrics``, ``/healthz`` and ``/readyz`` on ``metrics.listen``.
 * systemd ``Type=notify``: READY once the first discovery ran, WATCHDOG pings only while polls
   make progress, STOPPING at shutdown.
-* SIGTERM/SIGINT: stop scheduling, let in-flight polls finish their batch (bounded by
-  ``shutdown_timeout_s``), close the store (checkpoints are already in it), exit 0.
+* SIGTERM/SIGINT: stop scheduling; running polls and shipping end after the batch they are
+  committing (each batch is stored with its checkpoint); after ``shutdown_timeout_s`` queries
+  still running are abandoned (their workers killed; those records are read again after the
+  checkpoint on the next start); the store is closed; exit 0.
   SIGHUP: re-read and validate the configuration; intervals, pools and allow/deny lists take
   effect by rebuilding the jobs; a change of store path or listen address needs a restart
   (logged).
@@ -16,9 +18,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -45,11 +49,11 @@ def _interval(cfg: Config, kind: str) -> float:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, config_path: str | None = None, *, shutdown_timeout_s: float = 60.0,
+    def __init__(self, cfg: Config, config_path: str | None = None, *, shutdown_timeout_s: float | None = None,
                  notifier: Notifier | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
-        self.shutdown_timeout_s = shutdown_timeout_s
+        self.shutdown_timeout_s = cfg.shutdown_timeout_s if shutdown_timeout_s is None else shutdown_timeout_s
         self.runtime = Runtime(cfg)
         self.notifier = notifier or Notifier.from_env()
         self.started = time.time()
@@ -178,11 +182,14 @@ class Daemon:
         log.info("SIGHUP: configuration reloaded")
 
     def shutdown(self) -> int:
+        """Stop gracefully (see the module doc); returns the exit code, 0."""
         t0 = time.monotonic()
         self.notifier.stopping()
-        log.info("stopping: finishing in-flight polls")
+        log.info("stopping: running polls end after the batch they are committing",
+                 timeout_s=self.shutdown_timeout_s)
         self.watchdog.stop()
         self.scheduler.pause()
+        self.runtime.request_stop()
         done = threading.Event()
 
         def _wait() -> None:
@@ -190,12 +197,16 @@ class Daemon:
             done.set()
 
         threading.Thread(target=_wait, name="opos-shutdown", daemon=True).start()
-        if not done.wait(self.shutdown_timeout_s):
-            log.warning("in-flight polls did not finish in time; their batches will be fetched again",
+        clean = done.wait(self.shutdown_timeout_s)
+        if not clean:
+            log.warning("in-flight work did not end in time; abandoning queries still running "
+                        "(their records are read again after the stored checkpoint at the next start)",
                         timeout_s=self.shutdown_timeout_s)
-        self.runtime.close()
+        self.runtime.close()  # kills query workers still running, then closes the store
+        if not clean:
+            clean = done.wait(10.0)  # threads blocked on a killed worker return at once
         self.server.stop()
-        log.info("stopped", seconds=round(time.monotonic() - t0, 2))
+        log.info("stopped", seconds=round(time.monotonic() - t0, 2), clean=clean)
         return 0
 
 
@@ -217,4 +228,19 @@ def _utc(t: float) -> Any:
 def main(cfg: Config, config_path: str | None) -> int:
     d = Daemon(cfg, config_path)
     d.install_signals()
-    return d.run()
+    code = d.run()
+    _exit_if_threads_linger(code)
+    return code
+
+
+def _exit_if_threads_linger(code: int) -> None:
+    """After the store is closed nothing durable is left to do; a thread still blocked (say, on
+    an unresponsive Elasticsearch) must not hold the exit past the stop timeout: exit now."""
+    lingering = [t.name for t in threading.enumerate()
+                 if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if lingering:
+        log.warning("exiting with threads still blocked", threads=lingering)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

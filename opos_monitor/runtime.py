@@ -75,6 +75,7 @@ class Runtime:
         # in history: one outcome). Bounded; after a restart counters start again anyway.
         self._counted: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
+        self.stopping = threading.Event()  # request_stop(): no new batch, shipping pass or poll
         self.last_progress = time.monotonic()
         # Outcomes that ended before this process started (a first history read, the held jobs
         # already in the queue after a restart) are stored and shipped but not counted: counters
@@ -142,7 +143,7 @@ class Runtime:
         return results
 
     def poll_eventlogs(self) -> list[PollResult]:
-        if self.eventlogs is None:
+        if self.eventlogs is None or self.stopping.is_set():
             return []
         results = self.eventlogs.poll()
         for r in results:
@@ -150,7 +151,7 @@ class Runtime:
         return results
 
     def replay_adfiles(self) -> list[PollResult]:
-        if not self.cfg.sources.adfiles:
+        if not self.cfg.sources.adfiles or self.stopping.is_set():
             return []
         from .sources.adfile import replay
 
@@ -180,7 +181,8 @@ class Runtime:
         if self.sink is None:
             return
         try:
-            self.sink.ship_pending(self.store, max_seconds=max_seconds, on_pass=self._observe_pass)
+            self.sink.ship_pending(self.store, max_seconds=max_seconds, on_pass=self._observe_pass,
+                                   should_stop=self.stopping.is_set)
         except Exception as exc:  # noqa: BLE001 - wrong server kind etc.: nothing was acked
             self.metrics.observe_es(0, 0, 0, None, sink=self.cfg.elasticsearch.kind, ok=False)
             log.warning("shipping failed; will retry", sink=self.cfg.elasticsearch.kind, error=str(exc))
@@ -190,6 +192,9 @@ class Runtime:
 
     def _account(self, r: PollResult) -> None:
         self.metrics.observe_poll(r)
+        if r.records or r.interrupted:
+            log.info("poll finished", source=str(r.key), records=r.records, seconds=round(r.duration_s, 3),
+                     interrupted=r.interrupted)
         if r.ok:
             self.last_progress = time.monotonic()
         if r.key.source == "queue" and r.ok:
@@ -245,7 +250,16 @@ class Runtime:
 
     # -- life -----------------------------------------------------------------------------------
 
+    def request_stop(self) -> None:
+        """Graceful shutdown, step 1: running polls and shipping end after the batch they are
+        committing (its checkpoint is stored with it); nothing new starts."""
+        self.stopping.set()
+        self.schedds.stop()
+
     def close(self) -> None:
+        """Step 2: abandon queries still in flight (their records are fetched again after the
+        checkpoint next time), close the sink and the store."""
+        self.stopping.set()
         self.schedds.close()
         if self.sink is not None:
             self.sink.close()

@@ -805,14 +805,16 @@ class ElasticSink:
             log.debug("elasticsearch.shipped", acked=stats.acked, dead=stats.dead, seconds=round(stats.seconds, 3))
 
     def ship_pending(self, store: Any, *, max_batches: int | None = None, max_seconds: float | None = None,
-                     on_pass: Callable[[ShipStats], None] | None = None) -> ShipStats:
+                     on_pass: Callable[[ShipStats], None] | None = None,
+                     should_stop: Callable[[], bool] | None = None) -> ShipStats:
         """Ship until the outbox has nothing due, a pass makes no progress (the cluster is in
-        trouble: wait for the next call), or a budget runs out.  ``on_pass`` gets each pass's
-        stats (e.g. to feed the metrics: ``Metrics.observe_es``)."""
+        trouble: wait for the next call), a budget runs out, or ``should_stop()`` (checked
+        before each pass: a shutdown lets the bulk in flight finish).  ``on_pass`` gets each
+        pass's stats (e.g. to feed the metrics: ``Metrics.observe_es``)."""
         total = ShipStats()
         deadline = time.monotonic() + max_seconds if max_seconds is not None else None
         n = 0
-        while True:
+        while should_stop is None or not should_stop():
             s = self.ship_once(store)
             if on_pass is not None and (s.taken or s.request_failed):
                 on_pass(s)

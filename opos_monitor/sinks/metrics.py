@@ -323,7 +323,7 @@ class MetricsState:
                 self._gaps[key] = self._gaps.get(key, 0) + 1
             if result.lag_s is not None:
                 self._lag[key] = max(0.0, float(result.lag_s))
-            elif result.ok and not result.records and key in self._lag:
+            elif result.ok and not result.records and not result.interrupted and key in self._lag:
                 # a successful poll with nothing new: the reader is caught up (a quiet schedd
                 # must not keep the lag of its last backlog batch for ever)
                 self._lag[key] = 0.0

@@ -54,3 +54,4 @@ class PollResult:
     gap: str | None = None  # description of a detected gap (history rotated past unread records…)
     lag_s: float | None = None  # history: now - newest record's time
     cred_expiring: int = 0  # queue: live jobs whose X.509 proxy expires within a day
+    interrupted: bool = False  # a stop was requested: the poll handed off only part of what it found

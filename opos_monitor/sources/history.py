@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -356,12 +356,21 @@ class _PageSpec(NamedTuple):
     constraint: Optional[str]
 
 
+class _Stopped(Exception):
+    """Raised inside a poll when a stop was requested: no further batch is handed off."""
+
+
+def _never() -> bool:
+    return False
+
+
 class _Poll:
     """State of one history poll of one schedd (kept small; see :func:`poll_history`)."""
 
     def __init__(self, runner: Runner, target: ScheddTarget, handoff: Handoff, stream: Stream,
-                 opts: HistoryOptions, clock: Callable[[], float]) -> None:
+                 opts: HistoryOptions, clock: Callable[[], float], should_stop: Callable[[], bool] = _never) -> None:
         self.runner, self.target, self.handoff, self.stream, self.opts = runner, target, handoff, stream, opts
+        self.should_stop = should_stop
         self.key = SourceKey(target.pool, target.name, stream.source)
         self.result = PollResult(self.key)
         self.gaps: list[str] = []
@@ -389,6 +398,15 @@ class _Poll:
             return None
 
     def run(self) -> PollResult:
+        try:
+            self.read()
+        except _Stopped:
+            self.result.interrupted = True
+            log.info("%s: stop requested; poll ended after %d records (the rest is read on the next start)",
+                     self.key, self.result.records)
+        return self.finish()
+
+    def read(self) -> None:
         cp = self.load_checkpoint()
         index_since = None
         if cp is not None:
@@ -397,9 +415,9 @@ class _Poll:
             index = [Entry(*e) for e in self.call(fetch_index, self.stream.source, None, 2)]
             if index:
                 self.commit([], self.checkpoint_at(index, 0))
-            return self.finish()
+            return
         if cp is not None and self.opts.probe_size > 0 and self.small_backlog(cp, index_since):
-            return self.finish()
+            return
         index = [Entry(*e) for e in self.call(fetch_index, self.stream.source, index_since)]
         n, found = locate_backlog(index, cp)
         if not found:
@@ -408,7 +426,6 @@ class _Poll:
         floor = since_expr(cp.newest, self.stream) if (cp is not None and found) else index_since
         specs = [spec for start, end in plan_pages(n, self.opts.page_size) for spec in self.specs(index, start, end, floor)]
         self.fetch_and_deliver(index, specs)
-        return self.finish()
 
     def small_backlog(self, cp: Checkpoint, since: Optional[str]) -> bool:
         """The common case: everything since the checkpoint fits in one query.  Returns False
@@ -446,16 +463,33 @@ class _Poll:
             return
         ahead = max(1, self.opts.prefetch)
         todo = iter(specs)
-        with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="opos-history-fetch") as ex:
+        ex = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="opos-history-fetch")
+        stopped = False
+        try:
             pending = deque((s, ex.submit(self.fetch, s)) for s in islice(todo, ahead))
             while pending:
                 spec, future = pending.popleft()
-                got = future.result()
+                got = self.wait(future)
                 nxt = next(todo, None)
                 if nxt is not None:
                     pending.append((nxt, ex.submit(self.fetch, nxt)))
                 self.deliver(index, spec.start, spec.end, got)
                 del got
+        except _Stopped:
+            stopped = True
+            raise
+        finally:
+            # on a stop, fetches in flight are abandoned (their workers end with the runner)
+            ex.shutdown(wait=not stopped, cancel_futures=True)
+
+    def wait(self, future: "Future[list[tuple[Key, JobRecord]]]") -> list[tuple[Key, JobRecord]]:
+        """A page's result; gives up waiting (``_Stopped``) as soon as a stop is requested."""
+        while True:
+            try:
+                return future.result(timeout=0.2)
+            except TimeoutError:
+                if self.should_stop():
+                    raise _Stopped from None
 
     def deliver(self, index: Sequence[Entry], start: int, end: int, got: Sequence[tuple[Key, JobRecord]]) -> None:
         """Hand off the page oldest first in batches, each with the checkpoint it reaches."""
@@ -475,6 +509,8 @@ class _Poll:
         return Checkpoint(self.stream.source, index[pos].key, nxt, index[pos].t)
 
     def commit(self, records: Sequence[JobRecord], cp: Checkpoint) -> None:
+        if self.should_stop():  # the batch in flight (if any) was committed; take no new one
+            raise _Stopped
         self.handoff.commit(self.key, records, cp.to_json())
         self.result.records += len(records)
         if records and cp.t is not None:
@@ -490,16 +526,21 @@ class _Poll:
 
 
 def poll_history(runner: Runner, target: ScheddTarget, handoff: Handoff, stream: Stream = HISTORY,
-                 opts: HistoryOptions = HistoryOptions(), clock: Callable[[], float] = time.time) -> PollResult:
+                 opts: HistoryOptions = HistoryOptions(), clock: Callable[[], float] = time.time,
+                 should_stop: Callable[[], bool] = _never) -> PollResult:
     """Poll one schedd's history (``HISTORY``) or job epoch history (``EPOCHS``) once.
 
     Fills ``PollResult.records`` (handed off), ``gap`` (why records may be missing, also logged),
     ``lag_s`` (now minus the newest handed-off record's time), ``duration_s``; a failed query
     raises :class:`~opos_monitor.sources.htc.QueryError` after whatever batches were already
     committed (their checkpoint stands), and a failed hand-off propagates its exception.
+
+    ``should_stop`` is asked before each batch is handed off and while waiting for a page: once
+    it says True the poll hands off nothing more and returns with ``interrupted`` set (every
+    committed batch carries its checkpoint, so the next poll starts right after it).
     """
     t0 = time.monotonic()
-    poll = _Poll(runner, target, handoff, stream, opts, clock)
+    poll = _Poll(runner, target, handoff, stream, opts, clock, should_stop)
     result = poll.run()
     result.duration_s = time.monotonic() - t0
     return result

@@ -174,18 +174,25 @@ def fetch_queue(client: Any, projection: Sequence[str], pool: str, schedd: str,
 
 
 def poll_queue(runner: Runner, target: ScheddTarget, handoff: Handoff, *, projection: Sequence[str] = JOB_ATTRS,
-               batch_size: int = 1000, timeout_s: Optional[float] = None) -> PollResult:
+               batch_size: int = 1000, timeout_s: Optional[float] = None,
+               should_stop: Callable[[], bool] = lambda: False) -> PollResult:
     """Poll one schedd's queue: fills ``status_counts`` and ``records`` (held + removed jobs
-    handed off, checkpoint None). A failed query raises QueryError."""
+    handed off, checkpoint None). A failed query raises QueryError. Once ``should_stop()`` is
+    true no further batch is handed off (``interrupted``; the next poll sees the queue again)."""
     t0 = time.monotonic()
     key = SourceKey(target.pool, target.name, "queue")
     counts, wire, expiring = runner.call(target, fetch_queue, tuple(projection), target.pool, target.name,
                                          timeout=timeout_s)
     records = [record_from_wire(v) for v in wire]
+    done, interrupted = 0, False
     for i in range(0, len(records), batch_size):
+        if should_stop():
+            interrupted = True
+            break
         handoff.commit(key, records[i:i + batch_size], None)
-    return PollResult(key, status_counts=counts, records=len(records), duration_s=time.monotonic() - t0,
-                      cred_expiring=expiring)
+        done = min(len(records), i + batch_size)
+    return PollResult(key, status_counts=counts, records=done, duration_s=time.monotonic() - t0,
+                      cred_expiring=expiring, interrupted=interrupted)
 
 
 # ---------------------------------------------------------------------------
@@ -252,6 +259,7 @@ class ScheddSources:
         self.clock = clock
         self._busy: set[SourceKey] = set()  # sources being polled now (never two polls of one source)
         self._busy_lock = threading.Lock()
+        self.stopping = threading.Event()  # set by stop(): polls hand off no new batch
         self._pool = ThreadPoolExecutor(max_workers=htcondor.max_concurrent_schedds, thread_name_prefix="opos-schedd")
 
     @property
@@ -288,6 +296,8 @@ class ScheddSources:
 
     def _poll_one(self, known: KnownSchedd, kind: str, key: SourceKey) -> tuple[PollResult, bool]:
         """One source of one schedd: ``(result, schedd unreachable)``."""
+        if self.stopping.is_set():
+            return PollResult(key, interrupted=True), False
         wait = self.backoff.wait_s(key)
         if wait > 0:
             return PollResult(key, ok=False, error=(
@@ -319,9 +329,16 @@ class ScheddSources:
     def _run(self, target: ScheddTarget, kind: str) -> PollResult:
         if kind == "queue":
             return poll_queue(self.runner, target, self.handoff, projection=self.projection,
-                              batch_size=self.history.batch_size, timeout_s=self.timeout_s)
+                              batch_size=self.history.batch_size, timeout_s=self.timeout_s,
+                              should_stop=self.stopping.is_set)
         stream = HISTORY if kind == "history" else EPOCHS
-        return poll_history(self.runner, target, self.handoff, stream, self.history, self.clock)
+        return poll_history(self.runner, target, self.handoff, stream, self.history, self.clock,
+                            should_stop=self.stopping.is_set)
+
+    def stop(self) -> None:
+        """Ask running polls to end after the batch they are handing off (graceful shutdown);
+        polls started afterwards do nothing. Queries in flight are abandoned by ``close()``."""
+        self.stopping.set()
 
     @staticmethod
     def _with_note(known: KnownSchedd, error: str) -> str:
@@ -331,10 +348,13 @@ class ScheddSources:
         return f"{error} (not advertised by the collector since {since})"
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop: polls hand off nothing more, queries still running are abandoned (their
+        workers killed, so no thread stays blocked on one), then the threads end."""
+        self.stopping.set()
         close = getattr(self.runner, "close", None)
         if close:
             close()
+        self._pool.shutdown(wait=True, cancel_futures=True)
         if self._token_dir is not None:
             self._token_dir.close()
 

@@ -591,6 +591,20 @@ def test_whole_request_failures_are_retried(ep, tmp_path, status):
     assert_delivered(ep, store, prod.latest)
 
 
+def test_a_stop_lets_the_pass_in_flight_finish_and_starts_no_other(ep, tmp_path):
+    store = open_store(tmp_path)
+    prod = Producer(250, seed=8)
+    prod.commit(store, prod.records())
+    sink = ready_sink(ep)
+    passes = []
+    stats = sink.ship_pending(store, on_pass=passes.append, should_stop=lambda: len(passes) >= 1)
+    assert len(passes) == 1 and stats.acked == passes[0].acked > 0  # one pass, fully acknowledged
+    assert store.pending_count() == 250 - stats.acked
+    assert sink.ship_pending(store, should_stop=lambda: True).taken == 0  # stopped: nothing taken
+    drain(sink, store)
+    assert_delivered(ep, store, prod.latest)
+
+
 @pytest.mark.parametrize("status", [429, 503])
 def test_item_level_storm_is_retried_item_by_item(ep, tmp_path, status):
     store = open_store(tmp_path)

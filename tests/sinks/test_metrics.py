@@ -207,6 +207,8 @@ def test_lag_drops_to_zero_once_a_poll_finds_nothing_new():
     s.observe_poll(PollResult(key, records=500, lag_s=3600.0))
     s.observe_poll(PollResult(key, ok=False, error="timeout"))  # a failure says nothing about lag
     assert value(s, "opos_source_lag_seconds", pool=POOL, schedd=S1, source="history") == 3600
+    s.observe_poll(PollResult(key, records=0, interrupted=True))  # stopped before a batch: not caught up
+    assert value(s, "opos_source_lag_seconds", pool=POOL, schedd=S1, source="history") == 3600
     s.observe_poll(PollResult(key, records=0))
     assert value(s, "opos_source_lag_seconds", pool=POOL, schedd=S1, source="history") == 0
     # a source that never reported a lag gets none

@@ -117,6 +117,47 @@ def test_crash_mid_poll_loses_nothing_and_resends_nothing_committed():
     assert res.records == 305 - 5 - 6 * 20
 
 
+def test_a_stop_ends_the_poll_after_the_batch_in_flight_and_the_next_poll_resumes():
+    schedd, runner, h = setup(5)
+    poll_history(runner, TARGET, h, HISTORY, opts())
+    schedd.complete(job_ad(400 + i // 50, i % 50, schedd=NAME) for i in range(300))
+    first = len(h.commits)
+    res = poll_history(runner, TARGET, h, HISTORY, opts(page=100, batch=20),
+                       should_stop=lambda: len(h.commits) >= first + 3)
+    assert res.ok and res.interrupted and res.records == 60
+    assert len(h.ids()) == 65
+    res = poll_history(runner, TARGET, h, HISTORY, opts(page=100, batch=20))
+    assert not res.interrupted and res.records == 240 and res.gap is None
+    assert len(h.ids()) == 305 and not h.duplicates()
+
+
+def test_a_stop_does_not_wait_for_a_page_still_being_fetched():
+    import threading
+    import time
+
+    schedd, runner, h = setup(5)
+    poll_history(runner, TARGET, h, HISTORY, opts())
+    schedd.complete(job_ad(400 + i // 50, i % 50, schedd=NAME) for i in range(300))
+    release, stop = threading.Event(), threading.Event()
+    orig = runner.call
+
+    def slow_pages(target, fn, *args, timeout=None):
+        if fn.__name__ == "fetch_page" and args[2] is not None:  # a page (not the probe)
+            stop.set()  # the stop comes while the schedd is still answering
+            release.wait(30)
+        return orig(target, fn, *args, timeout=timeout)
+
+    runner.call = slow_pages
+    t0 = time.monotonic()
+    res = poll_history(runner, TARGET, h, HISTORY, opts(page=100, batch=20), should_stop=stop.is_set)
+    took = time.monotonic() - t0
+    release.set()
+    assert res.interrupted and res.records == 0 and took < 5
+    runner.call = orig
+    res = poll_history(runner, TARGET, h, HISTORY, opts(page=100, batch=20))
+    assert res.records == 300 and len(h.ids()) == 305 and not h.duplicates()
+
+
 def test_interleaved_completion_order_and_split_pages():
     schedd, runner, h = setup(0)
     rng = random.Random(7)

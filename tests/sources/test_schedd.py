@@ -111,6 +111,16 @@ def test_queue_poll_counts_and_hands_off_held_and_removed():
     assert held[0].hold_reason.startswith("Job memory usage")
 
 
+def test_a_stop_ends_a_queue_poll_between_batches():
+    grid, _, (a, _, _) = grid_two_pools()
+    a.queue = [job_ad(3, i, schedd=a.name, status=5, HoldReasonCode=26) for i in range(10)]
+    h = RecordingHandoff()
+    res = poll_queue(InlineRunner(grid.connect), ScheddTarget("fermigrid", a.name, "<x>"), h, batch_size=3,
+                     should_stop=lambda: len(h.commits) >= 2)
+    assert res.ok and res.interrupted and res.records == 6 and [c[1] for c in h.commits] == [3, 3]
+    assert res.status_counts["held"] == 10  # the counts come from the query, complete
+
+
 # --- the poller ------------------------------------------------------------------------------
 
 
@@ -244,3 +254,16 @@ def test_expiring_soon_counts_live_jobs_whose_proxy_expires_in_the_window():
            {"JobStatus": 2}, {"JobStatus": 2, "x509UserProxyExpiration": "expr"}]
     assert expiring_soon(ads, before=200) == 1
     assert expiring_soon(ads, before=1000) == 2
+
+
+def test_after_stop_no_poll_queries_or_hands_off_anything():
+    grid, pools, (a, b, c) = grid_two_pools()
+    a.complete(job_ad(10, i, schedd=a.name) for i in range(7))
+    h = RecordingHandoff()
+    with sources(grid, pools, h) as src:
+        src.discovery.discover()
+        a.history_calls.clear()
+        src.stop()
+        results = src.poll_schedd(src.discovery.schedds()[0], ("queue", "history"))
+    assert [r.interrupted for r in results] == [True, True] and all(r.ok for r in results)
+    assert not h.commits and not a.history_calls
