@@ -471,7 +471,7 @@ class _Poll:
                 spec, future = pending.popleft()
                 got = self.wait(future)
                 nxt = next(todo, None)
-                if nxt is not None:
+                if nxt is not None and not self.should_stop():
                     pending.append((nxt, ex.submit(self.fetch, nxt)))
                 self.deliver(index, spec.start, spec.end, got)
                 del got
