@@ -23,7 +23,10 @@ durability argument):
   store's first documents, ~5.7x smaller than the JSON).  A batch rewrites
   only the records whose document changed (``doc_hash``); only those are
   enqueued.  A job's final version (completed/removed) is never replaced by a
-  non-final one (a late queue poll).
+  non-final one (a late queue poll), and a final version made from the
+  schedd's job ad (history, queue, ad file) is never replaced by an event-log
+  version of the same job, which carries far fewer attributes
+  (:func:`write_verdict`).
 * ``outbox`` rows reference a record by ``doc_id``; the shipper always gets the
   record's *latest* version.  Re-enqueueing a document gives it a new ``seq``,
   and acks are by ``seq``, so an ack for an older version never drops a newer
@@ -72,6 +75,8 @@ __all__ = [
     "StoreFull",
     "StoredDoc",
     "StoredRecord",
+    "THIN_SOURCES",
+    "Version",
     "backoff_s",
     "decode_doc",
     "encode_doc",
@@ -80,6 +85,7 @@ __all__ = [
     "job_key",
     "make_zdict",
     "stored_from",
+    "write_verdict",
 ]
 
 KINDS = ("job", "attempt")
@@ -92,6 +98,9 @@ ZDICT_BYTES = 8192
 #: a job in one of these states never leaves it: a late, non-final version of the same
 #: document (a slow queue poll after the history record) must not overwrite it
 TERMINAL = frozenset({"completed", "removed"})
+#: sources whose records are built from events, not from the schedd's job ad: a final record
+#: of the same job from any other source (history, queue, adfile) is richer and is kept
+THIN_SOURCES = frozenset({"eventlog"})
 #: after pruning, the database is brought down to this fraction of max_bytes,
 #: so a store at its limit prunes once per ~10 % of max_bytes, not every batch
 LOW_WATER = 0.9
@@ -122,7 +131,9 @@ class StoredRecord:
     ``doc`` is the uncompressed JSON (``orjson.dumps(JobRecord.to_doc(...))``);
     the store compresses it.  ``end_time`` is the completion, removal or hold
     time (epoch seconds) or None while the job is alive; ``updated_at`` is when
-    the daemon observed this version (epoch seconds).
+    the daemon observed this version (epoch seconds).  ``source`` is the
+    ``JobRecord.source`` (``history``, ``queue``, ``eventlog``...; None when
+    unknown, which counts as a full job ad): see :func:`write_verdict`.
     """
 
     doc_id: str
@@ -141,6 +152,7 @@ class StoredRecord:
     end_time: float | None
     updated_at: float
     doc: bytes
+    source: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -320,6 +332,55 @@ def stored_from(
         end_time=end_time_of(record),
         updated_at=time.time() if updated_at is None else float(updated_at),
         doc=doc,
+        source=record.source,
+    )
+
+
+class Version(NamedTuple):
+    """What the write rule looks at in one version of a document (stored or incoming)."""
+
+    doc_hash: bytes
+    status: str
+    source: str | None  # JobRecord.source; None: unknown, counts as a full job ad
+
+
+def write_verdict(stored: Version | None, incoming: Version) -> str:
+    """Whether ``incoming`` replaces the ``stored`` version of the same document.
+
+    * ``"new"``: nothing stored under this id; written.
+    * ``"same"``: byte-identical document; not rewritten, not re-enqueued.
+    * ``"stale"``: the stored version is final (completed/removed) and the incoming
+      one is not (a queue poll committed after the history record); skipped.
+    * ``"thinner"``: both are final, the incoming one comes from an event log and the
+      stored one from the schedd's job ad (history, queue, ad file), which has the
+      schedd's own values and many more attributes; skipped.
+    * ``"changed"``: anything else; written and re-enqueued.  So a schedd version
+      always replaces an event-log one (unless that would undo a final state), an
+      event-log version replaces a schedd version that is not final (an idle, running
+      or held queue record), and a version from the same kind of source replaces the
+      previous one (e.g. a reclassification).
+
+    ``stored.source`` matters only when both are final and ``incoming`` is from an
+    event log (:func:`_needs_stored_source`).
+    """
+    if stored is None:
+        return "new"
+    if stored.doc_hash == incoming.doc_hash:
+        return "same"
+    if stored.status in TERMINAL:
+        if incoming.status not in TERMINAL:
+            return "stale"
+        if incoming.source in THIN_SOURCES and stored.source not in THIN_SOURCES:
+            return "thinner"
+    return "changed"
+
+
+def _needs_stored_source(doc_hash: bytes, status: str, incoming: Version) -> bool:
+    """Whether :func:`write_verdict` looks at the stored version's source (the store then
+    reads it from the stored document)."""
+    return (
+        incoming.source in THIN_SOURCES and status in TERMINAL and incoming.status in TERMINAL
+        and doc_hash != incoming.doc_hash
     )
 
 
@@ -561,6 +622,7 @@ class Store:
         self._pruned_total = 0
         self._full_total = 0
         self._stale_total = 0
+        self._thinner_total = 0
         self._prune_futile_until = 0.0  # monotonic; see _make_room
         self._closed = False
         self._zdict: bytes | None = None
@@ -697,10 +759,13 @@ class Store:
 
         Each record is upserted by ``doc_id`` (the last one wins if a batch
         repeats an id); a record whose document is unchanged is not rewritten
-        nor re-enqueued, and a non-final version (idle, running, held...) never
-        replaces a stored final one (completed, removed): see ``stale_total``.
-        Changed records are enqueued in the outbox when it is enabled.  Returns
-        the number of records written (new or changed).  Raises
+        nor re-enqueued, a non-final version (idle, running, held...) never
+        replaces a stored final one (completed, removed): see ``stale_total``,
+        and an event-log version never replaces a stored final version from
+        the schedd's job ad: see ``thinner_total`` and :func:`write_verdict`.
+        Only records written are enqueued in the outbox (when it is enabled);
+        the checkpoint moves either way.  Returns the number of records
+        written (new or changed).  Raises
         :class:`StoreFull` when there is no room (nothing written, the
         checkpoint does not move); other failures raise :class:`StoreError`
         (also nothing written).
@@ -710,11 +775,12 @@ class Store:
         if rows:
             # compress, outside the lock, only what is new or changed (re-delivery is cheap)
             with self._read() as conn:
-                known = {kind: _stored_state(conn, _TABLE[kind], krows) for kind, krows in rows.items()}
+                known = {kind: _stored_state(conn, _TABLE[kind], krows, self._dict_for)
+                         for kind, krows in rows.items()}
             zdict = self._zdict
             for kind, krows in rows.items():
                 for r in krows:
-                    if _write_kind(known[kind].get(r.doc_id), r) in ("new", "changed"):
+                    if write_verdict(known[kind].get(r.doc_id), r.version) in ("new", "changed"):
                         r.encode(self.compress, zdict)
         incoming = sum(len(r.blob) + _ROW_OVERHEAD for krows in rows.values() for r in krows if r.blob is not None)
         new_zdict: bytes | None = None
@@ -722,13 +788,14 @@ class Store:
             if incoming:
                 self._make_room(incoming)
             now = self._clock()
-            stale = 0
+            stale = thinner = 0
             with self._tx() as conn:
                 written: list[_Row] = []
                 for kind, krows in rows.items():
-                    state = _stored_state(conn, _TABLE[kind], krows)
-                    verdicts = [_write_kind(state.get(r.doc_id), r) for r in krows]
+                    state = _stored_state(conn, _TABLE[kind], krows, self._dict_for)
+                    verdicts = [write_verdict(state.get(r.doc_id), r.version) for r in krows]
                     stale += verdicts.count("stale")
+                    thinner += verdicts.count("thinner")
                     changed = [r for r, v in zip(krows, verdicts) if v in ("new", "changed")]
                     if not changed:
                         continue
@@ -749,6 +816,7 @@ class Store:
                 if self.compress and self._zdict is None and written:
                     new_zdict = _ensure_zdict(conn, [r.doc for r in written])
             self._stale_total += stale
+            self._thinner_total += thinner
             if new_zdict is not None:
                 self._zdict = new_zdict
             if incoming:
@@ -938,6 +1006,12 @@ class Store:
         """Records not written because the stored version is final (completed/removed) and
         the incoming one is not: a late queue poll after the history record (by this process)."""
         return self._stale_total
+
+    @property
+    def thinner_total(self) -> int:
+        """Event-log records not written because the stored version of the job is a final one
+        from the schedd's job ad (history, queue, ad file), which is richer (by this process)."""
+        return self._thinner_total
 
     @property
     def full_total(self) -> int:
@@ -1234,8 +1308,13 @@ class _Row:
     doc_hash: bytes
     columns: tuple[Any, ...]  # _COLS up to event_time
     doc: bytes
+    source: str | None = None
     codec: int | None = None
     blob: bytes | None = None
+
+    @property
+    def version(self) -> Version:
+        return Version(self.doc_hash, self.status, self.source)
 
     def encode(self, compress: bool, zdict: bytes | None) -> None:
         self.codec, self.blob = encode_doc(self.doc, compress, zdict)
@@ -1259,33 +1338,52 @@ def _prepare(items: Sequence[StoredRecord]) -> dict[str, list[_Row]]:
             float(it.updated_at), end if end is not None else float(it.updated_at),
         )
         out.setdefault(kind, []).append(
-            _Row(kind, it.doc_id, it.status, hashlib.blake2b(doc, digest_size=16).digest(), columns, doc)
+            _Row(kind, it.doc_id, it.status, hashlib.blake2b(doc, digest_size=16).digest(), columns, doc,
+                 it.source)
         )
     return out
 
 
-def _stored_state(conn: sqlite3.Connection, table: str, rows: Sequence[_Row]) -> dict[str, tuple[bytes, str]]:
-    """``{doc_id: (doc_hash, status)}`` of the stored versions of these rows."""
-    out: dict[str, tuple[bytes, str]] = {}
-    ids = [r.doc_id for r in rows]
-    for chunk in _chunks(ids, _IN_CHUNK):
+def _stored_state(
+    conn: sqlite3.Connection,
+    table: str,
+    rows: Sequence[_Row],
+    zdict_for: Callable[[Iterable[int]], bytes | None],
+) -> dict[str, Version]:
+    """The stored :class:`Version` of each of these rows that has one, by doc_id.
+
+    The table has no source column: the source is read from the stored document's
+    ``opos.source``, and only where :func:`write_verdict` needs it (an event-log
+    version of a job stored as final; elsewhere it is None and not looked at).
+    """
+    incoming = {r.doc_id: r.version for r in rows}
+    out: dict[str, Version] = {}
+    need: list[str] = []
+    for chunk in _chunks(list(incoming), _IN_CHUNK):
         for d, h, st in conn.execute(
             f"SELECT doc_id, doc_hash, status FROM {table} WHERE doc_id IN ({_marks(len(chunk))})", chunk
         ):
-            out[d] = (h, st)
+            out[d] = Version(h, st, None)
+            if _needs_stored_source(h, st, incoming[d]):
+                need.append(d)
+    for chunk in _chunks(need, _IN_CHUNK):
+        docs = conn.execute(f"SELECT doc_id, codec, doc FROM {table} WHERE doc_id IN ({_marks(len(chunk))})",
+                            chunk).fetchall()
+        zdict = zdict_for(c for _, c, _ in docs)
+        for d, codec, blob in docs:
+            out[d] = out[d]._replace(source=_source_of(decode_doc(codec, blob, zdict)))
     return out
 
 
-def _write_kind(stored: tuple[bytes, str] | None, row: _Row) -> str:
-    """"new", "changed", "same" (identical document) or "stale" (would undo a final state)."""
-    if stored is None:
-        return "new"
-    doc_hash, status = stored
-    if doc_hash == row.doc_hash:
-        return "same"
-    if status in TERMINAL and row.status not in TERMINAL:
-        return "stale"
-    return "changed"
+def _source_of(doc: bytes) -> str | None:
+    """``opos.source`` of a stored JSON document (None if it has none)."""
+    try:
+        d = orjson.loads(doc)
+    except orjson.JSONDecodeError:
+        return None
+    opos = d.get("opos") if isinstance(d, dict) else None
+    src = opos.get("source") if isinstance(opos, dict) else None
+    return src if isinstance(src, str) else None
 
 
 def _ensure_zdict(conn: sqlite3.Connection, docs: Sequence[bytes]) -> bytes | None:

@@ -21,6 +21,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from opos_monitor.enrich.classify import classify
+from opos_monitor.enrich.site import attribute_site
 from opos_monitor.records import JobRecord
 from opos_monitor.sinks.store import (
     SCHEMA_VERSION,
@@ -29,11 +31,13 @@ from opos_monitor.sinks.store import (
     StoreError,
     StoreFull,
     StoredRecord,
+    Version,
     backoff_s,
     decode_doc,
     end_time_of,
     job_key,
     stored_from,
+    write_verdict,
 )
 from storekit import NOW, mixed_records, record_for, scenario_ad
 
@@ -181,6 +185,180 @@ def test_a_late_non_final_version_does_not_undo_a_final_one(tmp_path):
         # a final version may still replace a final one (e.g. a reclassification)
         recl = dataclasses.replace(final, category="code", doc=final.doc.replace(b'"none"', b'"code"'))
         assert s.commit_batch([recl]) == 1 and s.job(ad["GlobalJobId"])[0].category == "code"
+
+
+# ---------------------------------------------------------------------------
+# one job seen by several sources (history, queue, event log)
+
+#: what an event log can tell about a job (docs/sources-eventlog.md, "Records"), GlobalJobId
+#: included (EVENT_LOG_JOB_AD_INFORMATION_ATTRS): the same document id as the schedd's record
+EVENTLOG_ATTRS = (
+    "GlobalJobId", "ClusterId", "ProcId", "QDate", "JobStatus", "LastJobStatus", "EnteredCurrentStatus",
+    "JobStartDate", "JobCurrentStartDate", "NumJobStarts", "LastRemoteHost", "ExitBySignal", "ExitCode",
+    "CompletionDate", "RemoteUserCpu", "RemoteSysCpu", "MemoryUsage", "RequestMemory", "DiskUsage",
+    "RequestDisk", "RequestCpus", "NumHolds", "HoldReason", "HoldReasonCode", "HoldReasonSubCode",
+    "LastHoldReason", "LastHoldReasonCode", "LastHoldReasonSubCode", "RemoveReason",
+)
+
+
+def from_source(ad: dict, source: str, *, updated_at: float = NOW) -> StoredRecord:
+    """The record of ``ad`` as ``source`` delivers it: an event log only has EVENTLOG_ATTRS."""
+    if source == "eventlog":
+        ad = {k: v for k, v in ad.items() if k in EVENTLOG_ATTRS}
+    rec = JobRecord.from_ad(ad, pool="fermigrid", schedd="jobsub01.fnal.gov", source=source)
+    return stored_from(rec, classify(ad).to_dict(), attribute_site(ad), updated_at=updated_at)
+
+
+def _v(status: str, source: str | None, doc: bytes = b"x") -> Version:
+    return Version(doc, status, source)
+
+
+@pytest.mark.parametrize("stored, incoming, verdict", [
+    # nothing stored / identical document
+    (None, _v("completed", "eventlog"), "new"),
+    (_v("completed", "history"), _v("completed", "eventlog", b"x"), "same"),
+    # a final state is never undone, whatever the source
+    (_v("completed", "history"), _v("running", "queue", b"y"), "stale"),
+    (_v("removed", "history"), _v("held", "eventlog", b"y"), "stale"),
+    (_v("completed", "eventlog"), _v("running", "queue", b"y"), "stale"),
+    # a final schedd record is kept against a (thinner) event-log one
+    (_v("completed", "history"), _v("completed", "eventlog", b"y"), "thinner"),
+    (_v("removed", "history"), _v("removed", "eventlog", b"y"), "thinner"),
+    (_v("completed", "queue"), _v("completed", "eventlog", b"y"), "thinner"),  # final in the queue
+    (_v("completed", "adfile"), _v("completed", "eventlog", b"y"), "thinner"),
+    (_v("completed", None), _v("completed", "eventlog", b"y"), "thinner"),  # unknown: counts as a job ad
+    # an event-log record replaces a schedd record that is not final
+    (_v("idle", "queue"), _v("completed", "eventlog", b"y"), "changed"),
+    (_v("held", "queue"), _v("removed", "eventlog", b"y"), "changed"),
+    (_v("running", "queue"), _v("held", "eventlog", b"y"), "changed"),
+    # a schedd record replaces an event-log record of the same job
+    (_v("completed", "eventlog"), _v("completed", "history", b"y"), "changed"),
+    (_v("removed", "eventlog"), _v("removed", "queue", b"y"), "changed"),
+    (_v("running", "eventlog"), _v("completed", "history", b"y"), "changed"),
+    # the same kind of source replaces its previous version (e.g. a reclassification)
+    (_v("completed", "history"), _v("completed", "history", b"y"), "changed"),
+    (_v("completed", "eventlog"), _v("completed", "eventlog", b"y"), "changed"),
+    (_v("idle", "queue"), _v("running", "queue", b"y"), "changed"),
+])
+def test_write_verdict(stored, incoming, verdict):
+    assert write_verdict(stored, incoming) == verdict
+
+
+def test_history_then_eventlog_keeps_the_history_record_and_ships_nothing(tmp_path):
+    ad = scenario_ad("memory_hold_removed", 4200011, end=NOW + 50)
+    history = from_source(ad, "history")
+    log = from_source(ad, "eventlog", updated_at=NOW + 60)
+    assert log.doc_id == history.doc_id and log.status == history.status == "removed"
+    assert len(orjson.loads(log.doc)) < len(orjson.loads(history.doc)) / 3
+    with Store.open(tmp_path / "s.sqlite", max_bytes=BIG) as s:
+        assert s.commit_batch([history]) == 1
+        (item,) = s.outbox_take(10)
+        assert s.outbox_ack([item.seq]) == 1
+        cp = Checkpoint("fermigrid", "/var/log/condor/EventLog", "eventlog", '{"offset": 81332}')
+        assert s.commit_batch([log], cp) == 0
+        assert s.thinner_total == 1 and s.stale_total == 0
+        assert s.checkpoint("fermigrid", "/var/log/condor/EventLog", "eventlog") == '{"offset": 81332}'
+        assert s.pending_count() == 0 and s.outbox_take(10) == []  # not re-shipped to Elasticsearch
+        (doc,) = s.job(ad["GlobalJobId"])
+        assert doc.doc == orjson.loads(history.doc) and doc.doc["opos"]["source"] == "history"
+        assert doc.updated_at == NOW
+        # the same again (a re-read of the log) and a non-final one: still the history record
+        running = from_source(dict(ad, JobStatus=2, EnteredCurrentStatus=NOW - 600), "eventlog")
+        assert s.commit_batch([log]) == 0 and s.commit_batch([running]) == 0
+        assert s.thinner_total == 2 and s.stale_total == 1 and s.pending_count() == 0
+        assert s.job(ad["GlobalJobId"])[0].doc["opos"]["source"] == "history"
+        # the history record itself may still change (a reclassification)
+        recl = dataclasses.replace(history, category="code", updated_at=NOW + 70,
+                                   doc=history.doc.replace(b'"memory"', b'"code"'))
+        assert s.commit_batch([recl]) == 1 and s.pending_count() == 1
+
+
+def test_a_batch_mixing_kept_and_written_records_enqueues_only_the_written(tmp_path):
+    ads = [scenario_ad("success", 4200021 + i, end=NOW + i) for i in range(3)]
+    with Store.open(tmp_path / "s.sqlite", max_bytes=BIG) as s:
+        s.commit_batch([from_source(ads[0], "history")])
+        s.commit_batch([from_source(dict(ads[1], JobStatus=1, CompletionDate=0), "queue")])
+        s.outbox_ack(i.seq for i in s.outbox_take(10))
+        logs = [from_source(ad, "eventlog", updated_at=NOW + 60) for ad in ads]
+        assert s.commit_batch(logs) == 2  # over the idle queue record, and a new job
+        assert s.thinner_total == 1
+        assert sorted(i.doc_id for i in s.outbox_take(10)) == sorted(r.doc_id for r in logs[1:])
+        assert [d.doc["opos"]["source"] for d in s.job(ads[0]["GlobalJobId"])] == ["history"]
+
+
+def test_eventlog_then_history_replaces_the_eventlog_record(tmp_path):
+    ad = scenario_ad("exit_code", 4200012, end=NOW + 50)
+    log = from_source(ad, "eventlog")
+    history = from_source(ad, "history", updated_at=NOW + 300)
+    with Store.open(tmp_path / "s.sqlite", max_bytes=BIG) as s:
+        assert s.commit_batch([log]) == 1
+        # a newer event-log version (more attributes from a later event) replaces it: the
+        # stored source is read from the (compressed) stored document
+        log = from_source(dict(ad, NumHolds=1), "eventlog", updated_at=NOW + 10)
+        assert s.commit_batch([log]) == 1 and s.thinner_total == 0
+        (first,) = s.outbox_take(10)
+        assert first.doc == log.doc
+        assert s.commit_batch([history]) == 1
+        assert s.thinner_total == 0 and s.stale_total == 0
+        (doc,) = s.job(ad["GlobalJobId"])
+        assert doc.doc == orjson.loads(history.doc) and doc.doc["opos"]["source"] == "history"
+        (item,) = s.outbox_take(10)  # re-enqueued: the richer document replaces the thin one in ES
+        assert item.doc == history.doc and item.seq != first.seq and item.updated_at == NOW + 300
+        # and the event log coming round again (a re-read) does not undo it
+        assert s.commit_batch([log]) == 0 and s.thinner_total == 1
+        assert s.job(ad["GlobalJobId"])[0].doc["opos"]["source"] == "history"
+
+
+@pytest.mark.parametrize("queue_status", [1, 5])  # idle, held
+def test_a_final_eventlog_record_replaces_a_queue_record(tmp_path, queue_status):
+    ad = scenario_ad("memory_hold_removed", 4200013, end=NOW + 50)
+    queued = dict(ad, JobStatus=queue_status, EnteredCurrentStatus=NOW - 600, CompletionDate=0)
+    if queue_status == 1:
+        queued.pop("RemoveReason", None)
+    queue = from_source(queued, "queue")
+    log = from_source(ad, "eventlog", updated_at=NOW + 60)
+    assert queue.status in ("idle", "held") and log.status == "removed"
+    with Store.open(tmp_path / "s.sqlite", max_bytes=BIG) as s:
+        assert s.commit_batch([queue]) == 1
+        s.outbox_ack(i.seq for i in s.outbox_take(10))
+        assert s.commit_batch([log]) == 1
+        assert s.thinner_total == 0 and s.stale_total == 0
+        (doc,) = s.job(ad["GlobalJobId"])
+        assert doc.status == "removed" and doc.doc["opos"]["source"] == "eventlog"
+        (item,) = s.outbox_take(10)
+        assert item.doc == log.doc
+        # a late queue poll does not undo it; the history record replaces it
+        assert s.commit_batch([queue]) == 0 and s.stale_total == 1
+        assert s.commit_batch([from_source(ad, "history", updated_at=NOW + 300)]) == 1
+        assert s.job(ad["GlobalJobId"])[0].doc["opos"]["source"] == "history"
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_the_stored_source_is_read_from_any_codec_and_after_reopening(tmp_path, compress):
+    """The source comes from the stored document: dictionary-compressed (codec 2), raw, and
+    in a store opened anew (another process, a restart)."""
+    path = tmp_path / "s.sqlite"
+    ad = scenario_ad("proxy_expired", 4200015, end=NOW)
+    with Store.open(path, max_bytes=BIG, compress=compress) as s:
+        s.commit_batch(mixed_records(20))  # the first batch makes the dictionary
+        s.commit_batch([from_source(ad, "history")])
+    ((codec,),) = rows(path, "SELECT codec FROM records WHERE global_job_id = ?", (ad["GlobalJobId"],))
+    assert codec == (2 if compress else 0)
+    with Store.open(path, max_bytes=BIG, compress=compress) as s:
+        assert s.commit_batch([from_source(ad, "eventlog", updated_at=NOW + 60)]) == 0
+        assert s.thinner_total == 1
+        assert s.job(ad["GlobalJobId"])[0].doc["opos"]["source"] == "history"
+
+
+def test_stored_documents_without_a_source_count_as_job_ads(tmp_path):
+    """A document without ``opos.source`` (not made by stored_from) is kept like a schedd's."""
+    ad = scenario_ad("success", 4200014, end=NOW)
+    log = from_source(ad, "eventlog")
+    legacy = dataclasses.replace(simple(log.doc_id), global_job_id=ad["GlobalJobId"], end_time=NOW)
+    with Store.open(tmp_path / "s.sqlite", max_bytes=BIG) as s:
+        s.commit_batch([legacy])
+        assert s.commit_batch([log]) == 0 and s.thinner_total == 1
+        assert s.job(log.doc_id)[0].doc == orjson.loads(legacy.doc)
 
 
 def test_job_lookup_by_gjid_cluster_proc_and_doc_id(tmp_path):
