@@ -29,6 +29,9 @@ log = get_logger("opos_monitor.runtime")
 #: Outcomes that ended up to this long before start-up still count (a poll in flight at a restart).
 _COUNT_GRACE_S = 120.0
 
+#: Sites of records stored within this window are declared in the metrics at start-up.
+_SITES_LOOKBACK_S = 30 * 86400.0
+
 #: How many counted job ids to remember (see Runtime._counted).
 _COUNTED_MAX = 200_000
 
@@ -84,6 +87,7 @@ class Runtime:
         self.count_after = time.time() - _COUNT_GRACE_S
         if cfg.elasticsearch.enabled:
             self.metrics.declare_sink(cfg.elasticsearch.kind)
+        self.metrics.set_sites(self.known_sites())
         self.refresh_store_metrics()
 
     # -- sources ------------------------------------------------------------------------------
@@ -244,9 +248,22 @@ class Runtime:
                 if rec.status == "held":
                     tally.held[d.get("category", "unknown")] += 1
 
+    def known_sites(self) -> list[str]:
+        """Sites to declare in the metrics at start-up (failure counters at 0 from the first
+        scrape, so the first failure at a site shows in ``increase()``): the targets of the
+        site corrections and the sites of the last 30 days' stored records."""
+        sites = dict.fromkeys(self.cfg.sites.corrections.values())
+        try:
+            sites.update(dict.fromkeys(self.store.sites(since=time.time() - _SITES_LOOKBACK_S,
+                                                        limit=self.metrics.max_sites // 2)))
+        except Exception as exc:  # noqa: BLE001 - a convenience: never stop start-up over it
+            log.warning("could not list the stored sites", error=str(exc))
+        return [s for s in sites if s]
+
     def refresh_store_metrics(self) -> None:
         s = self.store
-        self.metrics.set_store(s.pending_count(), s.dead_count(), s.size_bytes(), s.full, s.max_bytes)
+        self.metrics.set_store(s.pending_count(), s.dead_count(), s.size_bytes(), s.full, s.max_bytes,
+                               kept={"stale": s.stale_total, "thinner": s.thinner_total})
 
     # -- life -----------------------------------------------------------------------------------
 

@@ -205,6 +205,7 @@ class MetricsState:
         self._bh_sites: dict[str, int] = {}
         # store
         self._store: tuple[int, int, int, int, int | None] | None = None  # pending, dead, bytes, full, max
+        self._store_kept: dict[str, int] = {}  # verdict -> records the store kept its version of
         # sinks
         self._sinks: dict[str, _Sink] = {}
 
@@ -371,10 +372,16 @@ class MetricsState:
             self._bh_hosts = {s: hosts.get(s, 0) for s in sorted(known)}
             self._bh_sites = {s: int(s in sites) for s in sorted(known)}
 
-    def set_store(self, pending: int, dead: int, size_bytes: int, full: bool, max_bytes: int | None = None) -> None:
-        """The durable store: records waiting to be shipped, dead letters, size, full flag."""
+    def set_store(self, pending: int, dead: int, size_bytes: int, full: bool, max_bytes: int | None = None,
+                  kept: Mapping[str, int] | None = None) -> None:
+        """The durable store: records waiting to be shipped, dead letters, size, full flag, and
+        ``kept``: records not written because the stored version wins, by verdict (``stale``: a
+        non-final version of a finished job; ``thinner``: the event log's record of a job the
+        schedd reported final), counted since start-up."""
         with self._lock:
             self._store = (int(pending), int(dead), int(size_bytes), 1 if full else 0, max_bytes)
+            if kept is not None:
+                self._store_kept = {v: int(kept.get(v, 0)) for v in STORE_KEPT_VERDICTS}
 
     def observe_es(
         self,
@@ -444,6 +451,7 @@ class MetricsState:
                 bh_hosts=dict(self._bh_hosts),
                 bh_sites=dict(self._bh_sites),
                 store=self._store,
+                store_kept=dict(self._store_kept),
                 sinks={
                     n: (s.sent, s.rejected, s.retries, s.requests, s.errors, s.last_success,
                         s.latency.buckets(), s.latency.total)
@@ -476,6 +484,7 @@ class _Snapshot:
     bh_hosts: dict[str, int]
     bh_sites: dict[str, int]
     store: tuple[int, int, int, int, int | None] | None
+    store_kept: dict[str, int]
     sinks: dict[str, tuple]
 
 
@@ -498,6 +507,7 @@ class Simple:
 
 
 _SRC = ("pool", "schedd", "source")
+STORE_KEPT_VERDICTS = ("stale", "thinner")
 
 
 def to_metric(f: Simple) -> Metric:
@@ -584,6 +594,11 @@ def store_families(s: _Snapshot) -> Iterator[Simple]:
                      {(): max_bytes})
     yield Simple("opos_store_full", "1 when the store refused the latest batch for lack of room, else 0.", "gauge",
                  (), {(): full})
+    if s.store_kept:
+        yield Simple("opos_store_kept_records",
+                     "Records not written because the stored version of the job wins: stale (a non-final version "
+                     "of a finished job) or thinner (the event log's record of a job the schedd reported final).",
+                     "counter", ("verdict",), {(r,): n for r, n in s.store_kept.items()})
 
 
 def sink_families(s: _Snapshot) -> Iterator["Simple | Metric"]:

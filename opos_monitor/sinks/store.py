@@ -1103,6 +1103,16 @@ class Store:
 
     # -- history queries -------------------------------------------------
 
+    def sites(self, since: float | None = None, limit: int = 500) -> list[str]:
+        """Distinct sites of stored job records (ended or seen after ``since``), most records
+        first: the sites worth declaring in the metrics at start-up."""
+        where, params = ("WHERE site IS NOT NULL", []) if since is None else \
+            ("WHERE site IS NOT NULL AND event_time >= ?", [float(since)])
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT site, COUNT(*) AS n FROM records {where} GROUP BY site"
+                                " ORDER BY n DESC, site LIMIT ?", [*params, int(limit)]).fetchall()
+        return [r[0] for r in rows]
+
     def failures(
         self,
         since: float | None = None,

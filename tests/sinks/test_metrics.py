@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NOW = 1_717_000_000.0
 POOL = "fermigrid"
 S1, S2 = "jobsub01.fnal.gov", "jobsub02.fnal.gov"
-ALLOWED_LABELS = {"pool", "schedd", "site", "category", "status", "source", "sink", "version", "le"}
+ALLOWED_LABELS = {"pool", "schedd", "site", "category", "status", "source", "sink", "version", "le", "verdict"}
 
 
 def samples(state: MetricsState) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -75,7 +75,8 @@ def realistic_state() -> MetricsState:
     st_.set_blackholes([Flag("host", "wn-1.mwt2.org", "MWT2", 7, 0, NOW - 60, NOW),
                         Flag("host", "wn-2.mwt2.org", "MWT2", 5, 1, NOW - 60, NOW),
                         Flag("site", "Clemson", "Clemson", 30, 2, NOW - 60, NOW)])
-    st_.set_store(pending=12345, dead=3, size_bytes=512 * 1024**2, full=False, max_bytes=2 * 1024**3)
+    st_.set_store(pending=12345, dead=3, size_bytes=512 * 1024**2, full=False, max_bytes=2 * 1024**3,
+                  kept={"stale": 4, "thinner": 1})
     st_.declare_sink("elasticsearch")
     st_.observe_es(sent=500, rejected=2, retries=1, latency_s=0.42)
     st_.observe_es(sent=0, rejected=0, retries=3, latency_s=30.0, ok=False)
@@ -286,6 +287,10 @@ def test_store_and_sink_series():
     assert value(s, "opos_store_size_bytes") == 4096
     assert value(s, "opos_store_max_bytes") == 1 << 30
     assert value(s, "opos_store_full") == 1
+    assert "opos_store_kept_records_total" not in names(s)
+    s.set_store(pending=10, dead=2, size_bytes=4096, full=True, max_bytes=1 << 30, kept={"thinner": 3})
+    assert value(s, "opos_store_kept_records_total", verdict="thinner") == 3
+    assert value(s, "opos_store_kept_records_total", verdict="stale") == 0  # every reason exists from the start
     s.declare_sink("opensearch")
     assert value(s, "opos_sink_documents_sent_total", sink="opensearch") == 0
     s.observe_es(100, 1, 0, 0.2, sink="opensearch")

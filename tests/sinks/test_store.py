@@ -1102,3 +1102,14 @@ def test_documents_compress_with_a_preset_dictionary_readable_by_other_processes
         plain.commit_batch([simple("raw1")])
         assert rows(path, "SELECT codec FROM records WHERE doc_id = 'raw1'") == [(0,)]
         assert len(plain.outbox_take(1000)) == 401
+
+
+def test_sites_lists_the_stored_sites_most_records_first(tmp_path):
+    with Store.open(tmp_path / "s.sqlite", max_bytes=256 * 1024**2) as store:
+        assert store.sites() == []
+        recs = [record_for(scenario_ad("success", 100 + i, site="MWT2", end=NOW - 10)) for i in range(3)]
+        recs += [record_for(scenario_ad("success", 200, site="Clemson", end=NOW - 40 * 86400))]
+        store.commit_batch(recs)
+        assert store.sites() == ["MWT2", "Clemson"]
+        assert store.sites(since=NOW - 86400) == ["MWT2"]  # only recent records
+        assert store.sites(limit=1) == ["MWT2"]
