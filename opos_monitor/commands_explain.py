@@ -161,7 +161,7 @@ def _from_store(cfg: Config, key: str, schedd: str | None) -> list[tuple[str, st
 
     if not cfg.store_path.exists():
         return []
-    store = Store.open(cfg.store_path, max_bytes=cfg.store.max_bytes, check=False)
+    store = Store.open_readonly(cfg.store_path)
     try:
         docs = [d for d in store.job(key, schedd) if d.kind == "job"]
     finally:

@@ -78,7 +78,7 @@ def render(console: Console, sigs: list[SignatureCount], rows: list[FailureRow],
 def run(store_path: Any, *, since: str | None, site: str | None, category: str | None, schedd: str | None,
         owner: str | None, signature: str | None, limit: int, as_json: bool, max_bytes: int) -> int:
     t0 = parse_since(since)
-    store = Store.open(store_path, max_bytes=max_bytes, check=False)
+    store = Store.open_readonly(store_path)
     try:
         filters = dict(site=site, category=category, schedd=schedd, owner=owner, signature=signature)
         rows = store.failures(t0, limit=limit, **filters)

@@ -107,3 +107,56 @@ def test_parse_since_iso_and_bad():
     assert parse_since("2024-06-10T00:00:00") == 1717977600.0
     with pytest.raises(ValueError, match="duration"):
         parse_since("yesterday")
+
+
+def _as_nobody(*args: str, env: dict[str, str]) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                           "opos_monitor.cli", *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("daemon_running", [True, False])
+def test_failures_reads_a_store_its_user_cannot_write(pipe, tmp_path, daemon_running):
+    """A shifter's account with read access only (no write access to the file or its directory)
+    queries the store, while the daemon holds it open and after it stopped; nothing is written."""
+    if os.geteuid() != 0:
+        pytest.fail("this test switches to an unprivileged user and must run as root (CI does)")
+    p, _, path = pipe
+    p.commit(KEY, records(), None)
+    if not daemon_running:
+        p.store.close()  # -wal/-shm are removed: the reader cannot create them
+    os.chmod(tmp_path, 0o755)
+    os.chmod(path, 0o644)
+    for parent in tmp_path.parents:  # pytest's tmp dirs are private to root
+        if parent == Path(parent.anchor) or str(parent) in ("/tmp", "/var/tmp"):
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o005)
+    before = path.stat().st_mtime_ns, sorted(x.name for x in tmp_path.iterdir())
+    env = {**os.environ, "OPOS_MONITOR__STORE__PATH": str(path), "HOME": "/nonexistent"}
+    proc = _as_nobody("-c", "/dev/null", "failures", "--since", "100000d", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(orjson.loads(x)["category"] for x in proc.stdout.splitlines()) == ["code", "memory"]
+    assert (path.stat().st_mtime_ns, sorted(x.name for x in tmp_path.iterdir())) == before
+    os.chmod(path, 0o600)  # no read access: a clear error, no traceback
+    proc = _as_nobody("-c", "/dev/null", "failures", "--since", "1d", env=env)
+    assert proc.returncode != 0 and "not readable by this user" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_read_only_store_refuses_writes_and_missing_files_clearly(pipe, tmp_path):
+    from opos_monitor.sinks.store import StoreError
+
+    p, _, path = pipe
+    p.commit(KEY, records(), None)
+    ro = Store.open_readonly(path)
+    try:
+        assert len(ro.failures(0)) == 2
+        with pytest.raises(StoreError, match="readonly"):
+            ro.requeue_range(None, None)
+        with pytest.raises(StoreError, match="readonly"):
+            ro.commit_batch([], None)
+    finally:
+        ro.close()
+    with pytest.raises(StoreError, match="no such file"):
+        Store.open_readonly(tmp_path / "nope.sqlite")

@@ -52,6 +52,7 @@ import re
 import sqlite3
 import threading
 import time
+import urllib.parse
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -625,6 +626,7 @@ class Store:
         self._thinner_total = 0
         self._prune_futile_until = 0.0  # monotonic; see _make_room
         self._closed = False
+        self.read_only = False  # see open_readonly()
         self._zdict: bytes | None = None
         self._load_zdict()
 
@@ -685,12 +687,57 @@ class Store:
             retry_base_s=retry_base_s, retry_max_s=retry_max_s, clock=clock,
         )
 
+    @classmethod
+    def open_readonly(cls, path: str | os.PathLike[str], *, busy_timeout_s: float = 30.0) -> "Store":
+        """Open an existing store for queries only (``failures``, ``explain``): needs read
+        access to the file, never write access to it or its directory (a shifter's account
+        in the daemon's group). Every write raises :class:`StoreError`.
+
+        While the daemon runs, SQLite's ``-wal``/``-shm`` files exist and readers share them.
+        When it is stopped they are gone, and a user who cannot create them reads the file as
+        immutable (safe: nothing writes it; a daemon starting meanwhile is not seen).
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise StoreError(f"store {p}: no such file (has the daemon run with this store.path?)")
+        if not os.access(p, os.R_OK):
+            raise StoreError(f"store {p}: not readable by this user (the daemon's group can read it; "
+                             f"see docs/store.md)")
+        quiet = not Path(f"{p}-wal").exists() and not os.access(p.parent, os.W_OK | os.X_OK)
+        uri = f"file:{urllib.parse.quote(str(p))}?{'immutable=1' if quiet else 'mode=ro'}"
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA query_only = ON")
+            version = _schema_version(conn, p)
+        except StoreError:
+            if conn is not None:
+                conn.close()
+            raise
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise StoreError(f"store {p}: cannot open for reading: {_reason(exc)}") from None
+        if version != SCHEMA_VERSION:
+            conn.close()
+            hint = ("upgrade opos-monitor" if version > SCHEMA_VERSION
+                    else "the daemon migrates it when it next starts")
+            raise StoreError(f"store {p}: schema version {version}, this opos-monitor reads {SCHEMA_VERSION}; {hint}")
+        store = cls(conn, p, max_bytes=1, outbox_enabled=False, compress=True, retry_base_s=5.0,
+                    retry_max_s=600.0, clock=time.time)
+        store.read_only = True
+        return store
+
     def close(self) -> None:
         """Checkpoint the WAL into the main file and close (idempotent)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            if self.read_only:
+                self._conn.close()
+                return
             try:
                 self._conn.execute("PRAGMA optimize")
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
