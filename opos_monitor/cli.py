@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("es-setup", help="install the Elasticsearch/OpenSearch index template and retention policy")
-    p.add_argument("--retention-days", type=int, help="delete indices older than this (default: 400)")
+    p.add_argument("--retention-days", type=int, help="delete indices older than this (default: elasticsearch.retention_days, 400)")
     p.set_defaults(func=cmd_es_setup)
 
     p = sub.add_parser("replay", help="re-send dead letters or a time range of stored records to Elasticsearch")

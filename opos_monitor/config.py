@@ -107,6 +107,8 @@ class ElasticsearchConfig(_Section):
     verify_certs: bool = True
     request_timeout_s: float = Field(30.0, gt=0)
     bulk_docs: int = Field(500, ge=1, le=100_000)
+    threads: int = Field(1, ge=1, le=16)  # bulk requests in flight at once
+    retention_days: int = Field(400, ge=1, le=36500)  # es-setup: indices deleted this long after creation
 
     @field_validator("urls")
     @classmethod

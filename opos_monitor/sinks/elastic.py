@@ -635,10 +635,10 @@ class ElasticSink:
     time), :meth:`setup` once (``opos-monitor es-setup``), :meth:`close` at shutdown.
     """
 
-    def __init__(self, cfg: ElasticsearchConfig, *, client: Any = None, threads: int = 1) -> None:
+    def __init__(self, cfg: ElasticsearchConfig, *, client: Any = None, threads: int | None = None) -> None:
         self.cfg = cfg
         self.flavor: str = cfg.kind
-        self.threads = max(1, int(threads))
+        self.threads = max(1, int(threads if threads is not None else getattr(cfg, "threads", 1)))
         self._compat = _Compat()
         self._client = client if client is not None else make_client(cfg, compat=self._compat,
                                                                      connections=max(10, self.threads * 2))
@@ -856,7 +856,7 @@ def es_setup_main(cfg: Any, *, retention_days: int | None = None, out: TextIO | 
     """
     out = out or sys.stdout
     es_cfg = getattr(cfg, "elasticsearch", cfg)
-    days = retention_days or es_schema.DEFAULT_RETENTION_DAYS
+    days = retention_days or getattr(es_cfg, "retention_days", None) or es_schema.DEFAULT_RETENTION_DAYS
     target = ", ".join(redact_text(u) for u in es_cfg.urls)
     if not getattr(es_cfg, "enabled", True):
         print("note: elasticsearch.enabled is false; installing anyway", file=out)

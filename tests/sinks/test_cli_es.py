@@ -38,6 +38,24 @@ def test_es_setup_installs_the_template(env, capsys):
     assert main(["-c", "/dev/null", "es-setup"]) == 0  # idempotent
 
 
+def test_es_setup_takes_the_retention_from_the_config_and_the_option_overrides_it(env, monkeypatch):
+    ep, _ = env
+    monkeypatch.setenv("OPOS_MONITOR__ELASTICSEARCH__RETENTION_DAYS", "90")
+    assert main(["-c", "/dev/null", "es-setup"]) == 0
+    assert ep.state.ilm["opos-jobs-retention"]["policy"]["phases"]["delete"]["min_age"] == "90d"
+    assert main(["-c", "/dev/null", "es-setup", "--retention-days", "30"]) == 0
+    assert ep.state.ilm["opos-jobs-retention"]["policy"]["phases"]["delete"]["min_age"] == "30d"
+
+
+def test_shipping_threads_come_from_the_config(monkeypatch):
+    from opos_monitor.config import load_config
+    from opos_monitor.sinks.elastic import ElasticSink
+
+    cfg = load_config(None, {"OPOS_MONITOR__ELASTICSEARCH__THREADS": "3"})
+    assert ElasticSink.from_config(cfg).threads == 3
+    assert ElasticSink.from_config(cfg, threads=1).threads == 1
+
+
 def test_es_setup_unreachable_is_one_clear_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OPOS_MONITOR__ELASTICSEARCH__URLS", '["http://127.0.0.1:9"]')
     assert main(["-c", "/dev/null", "es-setup"]) == 1
