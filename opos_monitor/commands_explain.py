@@ -50,7 +50,7 @@ def live_lookup(cfg: Config, schedd: str | None, cluster: int, proc: int) -> lis
     from .sources.htc import JOB_ATTRS, ProcessRunner, QueryError, TokenDir, condor_params
     from .sources.schedd import Discovery
 
-    token = TokenDir(cfg.htcondor.token_file) if cfg.htcondor.token_file else None
+    token = TokenDir(*cfg.htcondor.tokens()) if cfg.htcondor.tokens() else None
     runner = ProcessRunner(condor_params(cfg.htcondor, token.path if token else None), cfg.htcondor.query_timeout_s)
     try:
         disc = Discovery(cfg.pools, runner, timeout_s=cfg.htcondor.query_timeout_s)

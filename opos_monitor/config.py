@@ -60,9 +60,16 @@ class HTCondorConfig(_Section):
     """How the daemon talks to HTCondor (read-only)."""
 
     token_file: Path | None = None  # a read-only IDTOKEN (condor_token_create -authz READ)
+    # more read-only tokens, one per further trust domain: HTCondor presents to each pool the
+    # token its trust domain issued
+    token_files: list[Path] = []
     auth_methods: list[str] = ["IDTOKENS", "SSL", "FS"]
     query_timeout_s: float = Field(60.0, gt=0)
     max_concurrent_schedds: int = Field(4, ge=1, le=64)
+
+    def tokens(self) -> list[Path]:
+        """Every token file: ``token_file`` first, then ``token_files`` (duplicates dropped)."""
+        return list(dict.fromkeys([*([self.token_file] if self.token_file else []), *self.token_files]))
 
 
 class SourcesConfig(_Section):

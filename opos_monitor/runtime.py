@@ -115,7 +115,9 @@ class Runtime:
 
     def _auth_hint(self) -> str:
         h = self.cfg.htcondor
-        token = f"the read-only token {h.token_file}" if h.token_file else "no token file (htcondor.token_file unset)"
+        tokens = h.tokens()
+        token = (f"the read-only token(s) {', '.join(map(str, tokens))}" if tokens
+                 else "no token file (htcondor.token_file unset)")
         return (f" — HTCondor gives no reason for this; when the collector is up it usually means authentication "
                 f"was refused: methods {','.join(h.auth_methods)}, {token}. Check the token is valid for this pool "
                 f"(condor_token_list on the pool; see deploy/condor/README.md).")

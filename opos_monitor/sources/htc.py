@@ -130,7 +130,7 @@ JOB_ATTRS = job_projection()
 def condor_params(cfg: HTCondorConfig, token_dir: Path | None = None) -> dict[str, str]:
     """The HTCondor client knobs for ``cfg`` (knob name -> value, as text).
 
-    ``token_dir`` is the directory holding the read-only token (see :class:`TokenDir`); without
+    ``token_dir`` is the directory holding the read-only tokens (see :class:`TokenDir`); without
     it, and without ``cfg.token_file``, HTCondor's own token search applies.
     """
     timeout = str(max(1, int(round(cfg.query_timeout_s))))
@@ -162,20 +162,25 @@ def apply_params(params: Mapping[str, str]) -> Any:
 
 
 class TokenDir:
-    """A private directory (mode 0700) holding only a symlink to one token file.
+    """A private directory (mode 0700) holding only symlinks to the given token files.
 
-    HTCondor reads every token in ``SEC_TOKEN_DIRECTORY``; pointing it at the token's own
-    directory could make the client present a different (e.g. write-capable) token. The symlink
-    follows the file, so a token replaced on disk is picked up by the next query.
+    HTCondor reads every token in ``SEC_TOKEN_DIRECTORY`` and presents to a daemon the one its
+    trust domain issued; pointing it at the tokens' own directory could make the client present
+    a different (e.g. write-capable) token. The symlinks follow the files, so a token replaced
+    on disk is picked up by the next query.
     """
 
-    def __init__(self, token_file: str | os.PathLike[str]) -> None:
-        src = Path(token_file).resolve()
-        if not src.is_file():
-            raise FileNotFoundError(f"token file {token_file} does not exist")
+    def __init__(self, *token_files: str | os.PathLike[str]) -> None:
+        sources = []
+        for token_file in token_files:
+            src = Path(token_file).resolve()
+            if not src.is_file():
+                raise FileNotFoundError(f"token file {token_file} does not exist")
+            sources.append(src)
         self.path = Path(tempfile.mkdtemp(prefix="opos-token-"))
         os.chmod(self.path, 0o700)
-        (self.path / src.name).symlink_to(src)
+        for i, src in enumerate(sources):  # numbered: two domains' tokens may share a file name
+            (self.path / f"{i:02d}-{src.name}").symlink_to(src)
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

@@ -244,7 +244,7 @@ class ScheddSources:
             raise ValueError(f"unknown source kind(s) {sorted(unknown)}; known: {KINDS}")
         self.kinds = tuple(k for k in KINDS if k in kinds)
         self.timeout_s = htcondor.query_timeout_s
-        self._token_dir = TokenDir(htcondor.token_file) if (runner is None and htcondor.token_file) else None
+        self._token_dir = TokenDir(*htcondor.tokens()) if (runner is None and htcondor.tokens()) else None
         self.runner = runner or ProcessRunner(
             condor_params(htcondor, self._token_dir.path if self._token_dir else None), htcondor.query_timeout_s,
             env=worker_env)

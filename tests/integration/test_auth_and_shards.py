@@ -44,6 +44,39 @@ def test_without_a_valid_token_reads_are_refused_and_said_clearly(devpool, tmp_p
     assert "eyJhbGciOiJIUzI1NiJ9" not in proc.stderr.decode() + proc.stdout.decode()  # never log the token
 
 
+def _foreign_token(path: Path) -> Path:
+    """A well-formed IDTOKEN of another trust domain (its signature cannot be checked here)."""
+    import base64
+    import time
+
+    def b64(obj: dict) -> str:
+        return base64.urlsafe_b64encode(orjson.dumps(obj)).rstrip(b"=").decode()
+
+    now = int(time.time())
+    path.write_text(".".join([b64({"alg": "HS256", "kid": "POOL"}),
+                              b64({"iss": "otherpool.example.org", "sub": "opos-monitor@otherpool.example.org",
+                                   "iat": now, "exp": now + 3600, "scope": "condor:/READ"}),
+                              "c2lnbmVkLWJ5LWFub3RoZXItZG9tYWlu"]) + "\n")
+    return path
+
+
+def test_tokens_of_several_trust_domains_each_go_to_their_own_pool(devpool, tmp_path):
+    """token_file of another trust domain first, the pool's own token in token_files: HTCondor
+    presents the pool the token its trust domain issued, so every schedd is read."""
+    from sources.devpool_jobs import TOKEN
+
+    other = _foreign_token(tmp_path / "other.token")
+    proc = once(tmp_path / "state", OPOS_MONITOR__HTCONDOR__TOKEN_FILE=str(other),
+                OPOS_MONITOR__HTCONDOR__TOKEN_FILES=f'["{TOKEN}"]',
+                OPOS_MONITOR__HTCONDOR__AUTH_METHODS='["IDTOKENS"]')
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert {s.split("@")[0] for _, s in polled(proc)} == {"jobsub01", "jobsub02", "ospool-ap01"}
+    # the other domain's token alone is refused, and said so
+    proc = once(tmp_path / "state2", OPOS_MONITOR__HTCONDOR__TOKEN_FILE=str(other),
+                OPOS_MONITOR__HTCONDOR__AUTH_METHODS='["IDTOKENS"]')
+    assert proc.returncode == 1 and "authentication was refused" in proc.stdout.decode()
+
+
 def test_a_missing_token_file_is_a_clear_error(devpool, tmp_path):
     proc = once(tmp_path, OPOS_MONITOR__HTCONDOR__TOKEN_FILE=str(tmp_path / "nope.token"))
     assert proc.returncode == 1

@@ -37,14 +37,28 @@ def test_token_dir_holds_only_the_configured_token(tmp_path):
     (tmp_path / "opos.token").write_text("read-only")
     (tmp_path / "admin.token").write_text("write")
     with TokenDir(tmp_path / "opos.token") as td:
-        assert [p.name for p in td.path.iterdir()] == ["opos.token"]
-        assert (td.path / "opos.token").read_text() == "read-only"
+        assert [p.name for p in td.path.iterdir()] == ["00-opos.token"]
+        assert (td.path / "00-opos.token").read_text() == "read-only"
         assert oct(td.path.stat().st_mode & 0o777) == "0o700"
         (tmp_path / "opos.token").write_text("rotated")  # a replaced token is followed
-        assert (td.path / "opos.token").read_text() == "rotated"
+        assert (td.path / "00-opos.token").read_text() == "rotated"
     assert not td.path.exists()
     with pytest.raises(FileNotFoundError):
         TokenDir(tmp_path / "missing.token")
+
+
+def test_token_dir_holds_one_token_per_trust_domain_even_with_the_same_file_name(tmp_path):
+    for domain in ("fnal", "osg"):
+        (tmp_path / domain).mkdir()
+        (tmp_path / domain / "read.token").write_text(domain)
+    cfg = HTCondorConfig(token_file=tmp_path / "fnal" / "read.token",
+                         token_files=[tmp_path / "osg" / "read.token", tmp_path / "fnal" / "read.token"])
+    assert cfg.tokens() == [tmp_path / "fnal" / "read.token", tmp_path / "osg" / "read.token"]
+    with TokenDir(*cfg.tokens()) as td:
+        assert sorted((p.name, p.read_text()) for p in td.path.iterdir()) == [("00-read.token", "fnal"),
+                                                                             ("01-read.token", "osg")]
+    with pytest.raises(FileNotFoundError, match="missing.token"):
+        TokenDir(tmp_path / "fnal" / "read.token", tmp_path / "missing.token")
 
 
 def test_apply_params_sets_htcondor_knobs(monkeypatch):
