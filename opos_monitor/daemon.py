@@ -150,13 +150,25 @@ class Daemon:
         self._discover()  # first discovery before READY so the jobs exist
         self.schedule()
         self.scheduler.start()
-        self.notifier.ready(f"watching {len(self.runtime.known_schedds())} schedds")
+        self.notifier.ready(self.status_line())
         self.watchdog.start()
+        last_status = time.monotonic()
         while not self._stop.wait(1.0):
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
+            if time.monotonic() - last_status >= 30.0:  # what `systemctl status` shows
+                self.notifier.status(self.status_line())
+                last_status = time.monotonic()
         return self.shutdown()
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: schedds polled, last progress, records waiting."""
+        ago = time.monotonic() - self.runtime.last_progress
+        line = f"polling {len(self.runtime.known_schedds())} schedds; last successful poll {ago:.0f} s ago"
+        if self.runtime.sink is not None:
+            line += f"; {self.runtime.store.pending_count()} records to ship"
+        return line
 
     def reload(self) -> None:
         try:

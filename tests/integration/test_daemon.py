@@ -59,6 +59,7 @@ def test_run_polls_both_pools_serves_health_and_stops_cleanly(daemon):
     proc, notify, url, logfile = daemon
     msg = notify.recv(4096).decode()
     assert msg.startswith("READY=1"), msg
+    assert "STATUS=polling 3 schedds" in msg, msg  # what `systemctl status` shows
     deadline = time.monotonic() + 60
     while True:
         status, body = get(url + "/metrics")
