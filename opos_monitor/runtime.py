@@ -10,7 +10,6 @@ import hashlib
 import threading
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .config import Config
@@ -45,11 +44,6 @@ def shard_of(pool: str, schedd: str, shards: int) -> int:
     return int.from_bytes(digest[:8], "big") % shards
 
 
-@dataclass(slots=True)
-class _QueueTally:
-    held: Counter
-
-
 class Runtime:
     """Store + pipeline + schedd/event-log/ad-file sources + metrics state for one config."""
 
@@ -73,7 +67,9 @@ class Runtime:
         except BaseException:  # e.g. a missing token file: leave the store closed cleanly
             self.store.close()
             raise
-        self._tally: dict[tuple[str, str], _QueueTally] = {}
+        # (pool, schedd) -> GlobalJobId -> failure category of each held job handed off; queue
+        # polls hand off only newly held jobs, so the held-by-category gauge is counted here
+        self._held_cats: dict[tuple[str, str], dict[str, str]] = {}
         # GlobalJobIds whose failure was already counted (held seen in the queue, then removed
         # in history: one outcome). Bounded; after a restart counters start again anyway.
         self._counted: OrderedDict[str, None] = OrderedDict()
@@ -129,10 +125,6 @@ class Runtime:
 
     def poll_schedd(self, known: KnownSchedd, kinds: Sequence[str]) -> list[PollResult]:
         """Poll some sources of one schedd and account for the results."""
-        key2 = (known.target.pool, known.target.name)
-        if "queue" in kinds:
-            with self._lock:
-                self._tally[key2] = _QueueTally(Counter())
         results = self.schedds.poll_schedd(known, kinds)
         for r in results:
             self._account(r)
@@ -203,10 +195,9 @@ class Runtime:
                      interrupted=r.interrupted)
         if r.ok:
             self.last_progress = time.monotonic()
-        if r.key.source == "queue" and r.ok:
-            with self._lock:
-                tally = self._tally.pop((r.key.pool, r.key.schedd), _QueueTally(Counter()))
-            self.metrics.set_queue(r.key.pool, r.key.schedd, r.status_counts, dict(tally.held), r.cred_expiring)
+        if r.key.source == "queue" and r.ok and r.held_ids is not None:
+            self.metrics.set_queue(r.key.pool, r.key.schedd, r.status_counts,
+                                   self._held_by_category((r.key.pool, r.key.schedd), r.held_ids), r.cred_expiring)
         if r.gap:
             log.warning("history gap", source=str(r.key), gap=r.gap)
         self.refresh_store_metrics()
@@ -245,10 +236,22 @@ class Runtime:
 
     def _tally_queue(self, key: SourceKey, records: Sequence[JobRecord], derived: Sequence[Mapping[str, Any]]) -> None:
         with self._lock:
-            tally = self._tally.setdefault((key.pool, key.schedd), _QueueTally(Counter()))
+            cats = self._held_cats.setdefault((key.pool, key.schedd), {})
             for rec, d in zip(records, derived):
                 if rec.status == "held":
-                    tally.held[d.get("category", "unknown")] += 1
+                    cats[rec.global_job_id] = d.get("category", "unknown")
+                else:
+                    cats.pop(rec.global_job_id, None)
+
+    def _held_by_category(self, key2: tuple[str, str], held_ids: Sequence[str]) -> dict[str, int]:
+        """Held jobs in the queue now, by the category of their hold (jobs held but never handed
+        off, e.g. when their commit failed, count as ``unknown`` until the next full poll)."""
+        with self._lock:
+            cats = self._held_cats.setdefault(key2, {})
+            now = set(held_ids)
+            for gid in [g for g in cats if g not in now]:  # released, removed or gone
+                del cats[gid]
+            return dict(Counter(cats.get(g, "unknown") for g in held_ids))
 
     def known_sites(self) -> list[str]:
         """Sites to declare in the metrics at start-up (failure counters at 0 from the first

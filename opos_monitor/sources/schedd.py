@@ -161,29 +161,48 @@ def expiring_soon(ads: Sequence[Mapping[str, Any]], before: float) -> int:
     return n
 
 
+#: Held/removed jobs that entered their status up to this long before the newest status change
+#: seen by the previous poll are fetched again (the schedd stamps EnteredCurrentStatus with its
+#: own clock, one-second resolution: a generous margin costs a few re-fetched ads).
+QUEUE_SLACK_S = 60
+
+
 def fetch_queue(client: Any, projection: Sequence[str], pool: str, schedd: str,
-                cred_window_s: float = 86400.0) -> tuple[dict[str, int], list[tuple], int]:
-    """Worker: counts by status (every job), the held/removed jobs (``record_to_wire``) and how
-    many live jobs' proxies expire within ``cred_window_s``."""
-    small = [dict(ad) for ad in client.query("true", ["JobStatus", "x509UserProxyExpiration"])]
+                cred_window_s: float = 86400.0, since: Optional[int] = None) -> tuple:
+    """Worker: ``(counts, records, expiring, held, newest)`` — counts by status (every job);
+    the held/removed jobs as ``record_to_wire``, all of them or, with ``since``, only those
+    whose ``EnteredCurrentStatus >= since``; how many live jobs' proxies expire within
+    ``cred_window_s``; ``held``: GlobalJobId of every held job; ``newest``: the newest
+    ``EnteredCurrentStatus`` in the queue (None when empty)."""
+    small = [dict(ad) for ad in client.query("true", list(_SMALL))]
     codes = [ad.get("JobStatus") for ad in small]
-    failed = client.query(FAILED_LIVE, list(projection))
+    held = [str(ad.get("GlobalJobId")) for ad in small if ad.get("JobStatus") == 5]
+    stamps = [ad["EnteredCurrentStatus"] for ad in small if isinstance(ad.get("EnteredCurrentStatus"), int)]
+    constraint = FAILED_LIVE if since is None else f"({FAILED_LIVE}) && EnteredCurrentStatus >= {int(since)}"
+    failed = client.query(constraint, list(projection))
     records = [record_to_wire(JobRecord.from_ad(ad_dict(ad), pool=pool, schedd=schedd, source="queue"))
                for ad in failed]
-    return status_counts(codes), records, expiring_soon(small, time.time() + cred_window_s)
+    return (status_counts(codes), records, expiring_soon(small, time.time() + cred_window_s), held,
+            max(stamps) if stamps else None)
+
+
+_SMALL = ("JobStatus", "x509UserProxyExpiration", "GlobalJobId", "EnteredCurrentStatus")
 
 
 def poll_queue(runner: Runner, target: ScheddTarget, handoff: Handoff, *, projection: Sequence[str] = JOB_ATTRS,
                batch_size: int = 1000, timeout_s: Optional[float] = None,
-               should_stop: Callable[[], bool] = lambda: False) -> PollResult:
-    """Poll one schedd's queue: fills ``status_counts`` and ``records`` (held + removed jobs
-    handed off, checkpoint None). A failed query raises QueryError. Once ``should_stop()`` is
-    true no further batch is handed off (``interrupted``; the next poll sees the queue again)."""
+               should_stop: Callable[[], bool] = lambda: False, since: Optional[int] = None) -> PollResult:
+    """Poll one schedd's queue: fills ``status_counts``, ``held_ids`` and ``records`` (held +
+    removed jobs handed off, checkpoint None: all of them, or with ``since`` only those that
+    entered their status at or after it) and ``newest_change`` (for the next poll's ``since``).
+    A failed query raises QueryError. Once ``should_stop()`` is true no further batch is handed
+    off (``interrupted``; the next poll sees the queue again)."""
     t0 = time.monotonic()
     key = SourceKey(target.pool, target.name, "queue")
-    counts, wire, expiring = runner.call(target, fetch_queue, tuple(projection), target.pool, target.name,
-                                         timeout=timeout_s)
+    counts, wire, expiring, held, newest = runner.call(target, fetch_queue, tuple(projection), target.pool,
+                                                       target.name, 86400.0, since, timeout=timeout_s)
     records = [record_from_wire(v) for v in wire]
+    del wire
     done, interrupted = 0, False
     for i in range(0, len(records), batch_size):
         if should_stop():
@@ -192,7 +211,7 @@ def poll_queue(runner: Runner, target: ScheddTarget, handoff: Handoff, *, projec
         handoff.commit(key, records[i:i + batch_size], None)
         done = min(len(records), i + batch_size)
     return PollResult(key, status_counts=counts, records=done, duration_s=time.monotonic() - t0,
-                      cred_expiring=expiring, interrupted=interrupted)
+                      cred_expiring=expiring, interrupted=interrupted, held_ids=held, newest_change=newest)
 
 
 # ---------------------------------------------------------------------------
@@ -260,6 +279,9 @@ class ScheddSources:
         self._busy: set[SourceKey] = set()  # sources being polled now (never two polls of one source)
         self._busy_lock = threading.Lock()
         self.stopping = threading.Event()  # set by stop(): polls hand off no new batch
+        # queue: the newest status change seen by the last complete poll of each schedd; the
+        # next poll fetches full ads only of jobs held/removed since (minus QUEUE_SLACK_S)
+        self._queue_marks: dict[SourceKey, int] = {}
         self._pool = ThreadPoolExecutor(max_workers=htcondor.max_concurrent_schedds, thread_name_prefix="opos-schedd")
 
     @property
@@ -328,9 +350,15 @@ class ScheddSources:
 
     def _run(self, target: ScheddTarget, kind: str) -> PollResult:
         if kind == "queue":
-            return poll_queue(self.runner, target, self.handoff, projection=self.projection,
-                              batch_size=self.history.batch_size, timeout_s=self.timeout_s,
-                              should_stop=self.stopping.is_set)
+            key = SourceKey(target.pool, target.name, "queue")
+            mark = self._queue_marks.pop(key, None)  # dropped unless this poll completes
+            result = poll_queue(self.runner, target, self.handoff, projection=self.projection,
+                                batch_size=self.history.batch_size, timeout_s=self.timeout_s,
+                                should_stop=self.stopping.is_set,
+                                since=None if mark is None else mark - QUEUE_SLACK_S)
+            if not result.interrupted and result.newest_change is not None:
+                self._queue_marks[key] = result.newest_change
+            return result
         stream = HISTORY if kind == "history" else EPOCHS
         return poll_history(self.runner, target, self.handoff, stream, self.history, self.clock,
                             should_stop=self.stopping.is_set)

@@ -267,3 +267,29 @@ def test_after_stop_no_poll_queries_or_hands_off_anything():
         results = src.poll_schedd(src.discovery.schedds()[0], ("queue", "history"))
     assert [r.interrupted for r in results] == [True, True] and all(r.ok for r in results)
     assert not h.commits and not a.history_calls
+
+
+def test_queue_polls_fetch_full_ads_only_of_jobs_held_since_the_last_complete_poll():
+    grid, pools, (a, b, c) = grid_two_pools()
+    t0 = 1_700_000_000
+    a.queue = ([job_ad(1, i, schedd=a.name, status=5, t=t0, HoldReasonCode=26) for i in range(4)]
+               + [job_ad(2, i, schedd=a.name, status=1, t=t0 + 1000) for i in range(3)])
+    h = RecordingHandoff()
+    with sources(grid, pools, h, kinds=("queue",)) as src:
+        src.discovery.discover()
+        known = next(k for k in src.discovery.schedds() if k.target.name == a.name)
+        first = src.poll_schedd(known, ["queue"])[0]
+        assert first.records == 4 and len(first.held_ids) == 4 and first.newest_change == t0 + 1000
+        again = src.poll_schedd(known, ["queue"])[0]  # nothing changed: no full ad fetched
+        assert again.records == 0 and sorted(again.held_ids) == sorted(first.held_ids)
+        assert again.status_counts["held"] == 4 and again.status_counts["idle"] == 3
+        # a job held now (after the newest change seen) is fetched; the others are not again
+        a.queue.append(job_ad(3, 0, schedd=a.name, status=5, t=t0 + 2000, HoldReasonCode=13))
+        third = src.poll_schedd(known, ["queue"])[0]
+        assert third.records == 1 and len(third.held_ids) == 5
+        assert [r.cluster_id for r in h.delivered.values() if r.cluster_id == 3] == [3]
+        # a failed hand-off drops the mark: the next poll fetches every held job again
+        h.fail_on_commit = len(h.commits) + 1
+        a.queue.append(job_ad(4, 0, schedd=a.name, status=5, t=t0 + 3000))
+        assert not src.poll_schedd(known, ["queue"])[0].ok
+        assert src.poll_schedd(known, ["queue"])[0].records == 6
