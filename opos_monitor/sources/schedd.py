@@ -161,29 +161,36 @@ def expiring_soon(ads: Sequence[Mapping[str, Any]], before: float) -> int:
     return n
 
 
-#: Held/removed jobs that entered their status up to this long before the newest status change
-#: seen by the previous poll are fetched again (the schedd stamps EnteredCurrentStatus with its
-#: own clock, one-second resolution: a generous margin costs a few re-fetched ads).
-QUEUE_SLACK_S = 60
-
-
 def fetch_queue(client: Any, projection: Sequence[str], pool: str, schedd: str,
-                cred_window_s: float = 86400.0, since: Optional[int] = None) -> tuple:
-    """Worker: ``(counts, records, expiring, held, newest)`` — counts by status (every job);
-    the held/removed jobs as ``record_to_wire``, all of them or, with ``since``, only those
-    whose ``EnteredCurrentStatus >= since``; how many live jobs' proxies expire within
-    ``cred_window_s``; ``held``: GlobalJobId of every held job; ``newest``: the newest
-    ``EnteredCurrentStatus`` in the queue (None when empty)."""
+                cred_window_s: float = 86400.0, known: Optional[Mapping[str, int]] = None) -> tuple:
+    """Worker: ``(counts, records, expiring, held, failed)`` — counts by status (every job);
+    the held/removed jobs as ``record_to_wire``: all of them, or, given ``known`` (GlobalJobId
+    -> EnteredCurrentStatus of the held/removed jobs already handed off), only those not in it
+    with that same status time (and none is fetched when there are none); how many live jobs'
+    proxies expire within ``cred_window_s``; ``held``: GlobalJobId of every held job;
+    ``failed``: GlobalJobId -> EnteredCurrentStatus of every held/removed job now."""
     small = [dict(ad) for ad in client.query("true", list(_SMALL))]
     codes = [ad.get("JobStatus") for ad in small]
     held = [str(ad.get("GlobalJobId")) for ad in small if ad.get("JobStatus") == 5]
-    stamps = [ad["EnteredCurrentStatus"] for ad in small if isinstance(ad.get("EnteredCurrentStatus"), int)]
-    constraint = FAILED_LIVE if since is None else f"({FAILED_LIVE}) && EnteredCurrentStatus >= {int(since)}"
-    failed = client.query(constraint, list(projection))
-    records = [record_to_wire(JobRecord.from_ad(ad_dict(ad), pool=pool, schedd=schedd, source="queue"))
-               for ad in failed]
-    return (status_counts(codes), records, expiring_soon(small, time.time() + cred_window_s), held,
-            max(stamps) if stamps else None)
+    failed = {str(ad.get("GlobalJobId")): _int(ad.get("EnteredCurrentStatus")) for ad in small
+              if ad.get("JobStatus") in (3, 5)}
+    if known is None:
+        constraint: Optional[str] = FAILED_LIVE
+    else:
+        new = [t for gid, t in failed.items() if known.get(gid) != t]
+        constraint = None if not new else f"({FAILED_LIVE}) && EnteredCurrentStatus >= {min(new)}"
+    records = []
+    if constraint is not None:
+        for ad in client.query(constraint, list(projection)):
+            d = ad_dict(ad)
+            if known is not None and known.get(str(d.get("GlobalJobId"))) == _int(d.get("EnteredCurrentStatus")):
+                continue  # handed off before, unchanged
+            records.append(record_to_wire(JobRecord.from_ad(d, pool=pool, schedd=schedd, source="queue")))
+    return status_counts(codes), records, expiring_soon(small, time.time() + cred_window_s), held, failed
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else -1
 
 
 _SMALL = ("JobStatus", "x509UserProxyExpiration", "GlobalJobId", "EnteredCurrentStatus")
@@ -191,16 +198,17 @@ _SMALL = ("JobStatus", "x509UserProxyExpiration", "GlobalJobId", "EnteredCurrent
 
 def poll_queue(runner: Runner, target: ScheddTarget, handoff: Handoff, *, projection: Sequence[str] = JOB_ATTRS,
                batch_size: int = 1000, timeout_s: Optional[float] = None,
-               should_stop: Callable[[], bool] = lambda: False, since: Optional[int] = None) -> PollResult:
-    """Poll one schedd's queue: fills ``status_counts``, ``held_ids`` and ``records`` (held +
-    removed jobs handed off, checkpoint None: all of them, or with ``since`` only those that
-    entered their status at or after it) and ``newest_change`` (for the next poll's ``since``).
-    A failed query raises QueryError. Once ``should_stop()`` is true no further batch is handed
-    off (``interrupted``; the next poll sees the queue again)."""
+               should_stop: Callable[[], bool] = lambda: False,
+               known: Optional[Mapping[str, int]] = None) -> PollResult:
+    """Poll one schedd's queue: fills ``status_counts``, ``held_ids``, ``failed_now`` and
+    ``records`` (held + removed jobs handed off, checkpoint None: all of them, or, given
+    ``known`` (the previous complete poll's ``failed_now``), only new or changed ones). A failed
+    query raises QueryError. Once ``should_stop()`` is true no further batch is handed off
+    (``interrupted``; the next poll sees the queue again)."""
     t0 = time.monotonic()
     key = SourceKey(target.pool, target.name, "queue")
-    counts, wire, expiring, held, newest = runner.call(target, fetch_queue, tuple(projection), target.pool,
-                                                       target.name, 86400.0, since, timeout=timeout_s)
+    counts, wire, expiring, held, failed = runner.call(target, fetch_queue, tuple(projection), target.pool,
+                                                       target.name, 86400.0, known, timeout=timeout_s)
     records = [record_from_wire(v) for v in wire]
     del wire
     done, interrupted = 0, False
@@ -211,7 +219,7 @@ def poll_queue(runner: Runner, target: ScheddTarget, handoff: Handoff, *, projec
         handoff.commit(key, records[i:i + batch_size], None)
         done = min(len(records), i + batch_size)
     return PollResult(key, status_counts=counts, records=done, duration_s=time.monotonic() - t0,
-                      cred_expiring=expiring, interrupted=interrupted, held_ids=held, newest_change=newest)
+                      cred_expiring=expiring, interrupted=interrupted, held_ids=held, failed_now=failed)
 
 
 # ---------------------------------------------------------------------------
@@ -279,9 +287,9 @@ class ScheddSources:
         self._busy: set[SourceKey] = set()  # sources being polled now (never two polls of one source)
         self._busy_lock = threading.Lock()
         self.stopping = threading.Event()  # set by stop(): polls hand off no new batch
-        # queue: the newest status change seen by the last complete poll of each schedd; the
-        # next poll fetches full ads only of jobs held/removed since (minus QUEUE_SLACK_S)
-        self._queue_marks: dict[SourceKey, int] = {}
+        # queue: held/removed jobs (GlobalJobId -> EnteredCurrentStatus) handed off by the last
+        # complete poll of each schedd; the next poll fetches full ads only of the others
+        self._queue_known: dict[SourceKey, Mapping[str, int]] = {}
         self._pool = ThreadPoolExecutor(max_workers=htcondor.max_concurrent_schedds, thread_name_prefix="opos-schedd")
 
     @property
@@ -351,13 +359,12 @@ class ScheddSources:
     def _run(self, target: ScheddTarget, kind: str) -> PollResult:
         if kind == "queue":
             key = SourceKey(target.pool, target.name, "queue")
-            mark = self._queue_marks.pop(key, None)  # dropped unless this poll completes
+            known = self._queue_known.pop(key, None)  # dropped unless this poll completes
             result = poll_queue(self.runner, target, self.handoff, projection=self.projection,
                                 batch_size=self.history.batch_size, timeout_s=self.timeout_s,
-                                should_stop=self.stopping.is_set,
-                                since=None if mark is None else mark - QUEUE_SLACK_S)
-            if not result.interrupted and result.newest_change is not None:
-                self._queue_marks[key] = result.newest_change
+                                should_stop=self.stopping.is_set, known=known)
+            if not result.interrupted and result.failed_now is not None:
+                self._queue_known[key] = result.failed_now
             return result
         stream = HISTORY if kind == "history" else EPOCHS
         return poll_history(self.runner, target, self.handoff, stream, self.history, self.clock,

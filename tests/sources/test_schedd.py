@@ -269,7 +269,7 @@ def test_after_stop_no_poll_queries_or_hands_off_anything():
     assert not h.commits and not a.history_calls
 
 
-def test_queue_polls_fetch_full_ads_only_of_jobs_held_since_the_last_complete_poll():
+def test_queue_polls_fetch_full_ads_only_of_jobs_held_or_removed_since_the_last_complete_poll():
     grid, pools, (a, b, c) = grid_two_pools()
     t0 = 1_700_000_000
     a.queue = ([job_ad(1, i, schedd=a.name, status=5, t=t0, HoldReasonCode=26) for i in range(4)]
@@ -279,12 +279,12 @@ def test_queue_polls_fetch_full_ads_only_of_jobs_held_since_the_last_complete_po
         src.discovery.discover()
         known = next(k for k in src.discovery.schedds() if k.target.name == a.name)
         first = src.poll_schedd(known, ["queue"])[0]
-        assert first.records == 4 and len(first.held_ids) == 4 and first.newest_change == t0 + 1000
+        assert first.records == 4 and len(first.held_ids) == 4 and len(first.failed_now) == 4
         again = src.poll_schedd(known, ["queue"])[0]  # nothing changed: no full ad fetched
         assert again.records == 0 and sorted(again.held_ids) == sorted(first.held_ids)
         assert again.status_counts["held"] == 4 and again.status_counts["idle"] == 3
-        # a job held now (after the newest change seen) is fetched; the others are not again
-        a.queue.append(job_ad(3, 0, schedd=a.name, status=5, t=t0 + 2000, HoldReasonCode=13))
+        # a job held now is fetched, even in the same second as the others; they are not again
+        a.queue.append(job_ad(3, 0, schedd=a.name, status=5, t=t0, HoldReasonCode=13))
         third = src.poll_schedd(known, ["queue"])[0]
         assert third.records == 1 and len(third.held_ids) == 5
         assert [r.cluster_id for r in h.delivered.values() if r.cluster_id == 3] == [3]
