@@ -240,7 +240,8 @@ def test_unit_starts_and_reports_ready(booted):
     state = box.wait_state()
     assert state == "active", box.sh("systemctl", "status", "opos-monitor", "--no-pager").stdout + box.journal()[-3000:]
     # Type=notify: "active" only after READY=1; the status line is the daemon's own
-    assert box.prop("StatusText") == f"watching {schedds} schedds"
+    assert re.fullmatch(rf"polling {schedds} schedds; last successful poll \d+ s ago", box.prop("StatusText")), \
+        box.prop("StatusText")
     assert box.prop("ExecStartPre").count("check-config") == 1
 
 
