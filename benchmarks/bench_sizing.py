@@ -35,8 +35,9 @@ defaults take about 35 minutes (``--state idle --jobs 0,100000 --no-peer``: abou
   daemon (``schedd_sources = ["history"]``, fresh store: read, classify, store) against the
   chroot's ``condor_adstash --schedd_history --interface null`` with its cap lifted (read and
   convert only, nothing stored), alternated ``--repeat`` times: records, time, CPU and peak
-  RSS (largest process, and the summed tree), with ratios.  (With ``--no-peer`` our side still
-  runs once: its store is the state template above.)
+  RSS (largest process, and the summed tree), with ratios.  A history shorter than
+  ``--backlog`` records (a freshly cleaned pool has none) is first filled with tagged noop
+  jobs.  (With ``--no-peer`` our side still runs once: its store is the state template above.)
 
 The schedd's ``MAX_JOBS_PER_OWNER`` (HTCondor's default: 100000) is raised for the run by a
 bench-only file in the chroot's ``config.d`` (removed at the end; only ``--schedd`` is
@@ -340,6 +341,10 @@ format = "json"
 """
 
 
+class Invalid(Exception):
+    """A run whose numbers cannot be used (the pool restarted under it, a poll failed): run it again."""
+
+
 class Daemon:
     """``opos-monitor run`` of this checkout, sampled from start to stop."""
 
@@ -356,8 +361,10 @@ class Daemon:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPOS_MONITOR")}
         env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.started = time.monotonic()
+        # its own session: a signal to the daemon's process group never reaches this benchmark
         self.proc = subprocess.Popen([sys.executable, "-m", "opos_monitor.cli", "-c", str(self.cfg), "run"],
-                                     cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+                                     cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         self.sampler = TreeSampler(self.proc.pid, args.sample_s, schedd_pid).start()
         self.stop_s: float | None = None
         self.exit_code: int | None = None
@@ -373,7 +380,7 @@ class Daemon:
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the daemon exited ({self.proc.returncode}):\n{self.tail()}")
+                raise Invalid(f"the daemon exited ({self.proc.returncode}) while starting:\n{self.tail(1500)}")
             try:
                 if http_get(self.url + "/healthz", 2)[0] == 200:
                     self.ready = self.sampler.sample()  # start-up done (imports, first discovery)
@@ -403,8 +410,8 @@ class Daemon:
         seen = self.seen.get(source, 0)
         deadline = time.monotonic() + timeout
         while seen < n:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the daemon exited ({self.proc.returncode}):\n{self.tail()}")
+            if self.proc.poll() is not None:  # e.g. killed by another session cleaning up
+                raise Invalid(f"the daemon exited ({self.proc.returncode}) during the run:\n{self.tail(1500)}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{n - seen} {source} poll(s) did not finish within {timeout:.0f} s:\n{self.tail()}")
             m = self.metrics()
@@ -526,6 +533,26 @@ def remove(schedd: str, tag: str) -> None:
           f"-constraint 'OposTestTag == \"{tag}\"'", file=sys.stderr)
 
 
+def history_size(schedd: str, limit: int) -> int:
+    """How many records the schedd's history holds (counted up to ``limit``)."""
+    out = dp.devpool("root", "condor_history", "-name", schedd, "-pool", dp.POOLS["fermigrid"], "-limit", str(limit),
+                     "-af", "ClusterId", config=dp.POOL_CONFIG["fermigrid"], timeout=600).stdout
+    return len(out.split())
+
+
+def ensure_backlog(args: argparse.Namespace, htcondor2: Any, tag: str) -> None:
+    """A history of at least ``--backlog`` records for the peer comparison (a freshly cleaned pool
+    has none): noop jobs tagged like the rest, run to completion."""
+    have = history_size(args.schedd, args.backlog)
+    if have >= args.backlog:
+        return
+    t0 = time.monotonic()
+    dp.submit_noop(args.schedd, args.backlog - have, tag)
+    dp.wait_left_queue(htcondor2, "fermigrid", args.schedd, tag, timeout=1800)
+    print(f"history backlog: {have} records; {args.backlog - have} noop jobs tagged {tag} run to fill it "
+          f"({time.monotonic() - t0:.0f} s)", flush=True)
+
+
 def ensure_pool() -> None:
     """The dev pool up (another session's test run may have stopped it: its fixture ends with
     ``devpool down``); ``devpool up`` is idempotent."""
@@ -585,10 +612,6 @@ class Poll:
     t: float
     wall_s: float
     sample: Sample
-
-
-class Invalid(Exception):
-    """A run whose numbers cannot be used (the pool restarted under it, a poll failed): run it again."""
 
 
 def run_level(args: argparse.Namespace, work: Path, template: Path, jobs: int, rep: int) -> dict:
@@ -807,6 +830,10 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def _late_signal(signum: int, _frame: object) -> None:
+    print(f"({signal.Signals(signum).name} during the clean-up: finishing it first)", file=sys.stderr, flush=True)
+
+
 def report(results: dict, args: argparse.Namespace) -> None:
     """Print the tables, differences, derived capacity and peer comparison of ``results``."""
     by_level: dict[int, list[dict]] = {int(k): v for k, v in results["levels"].items()}
@@ -903,6 +930,8 @@ def main() -> int:
                    help="how often the daemon's /metrics is read to see polls end, s (2; its CPU is in the numbers)")
     p.add_argument("--retries", type=int, default=3,
                    help="runs again when the pool restarted under a run or a poll failed (default 3)")
+    p.add_argument("--backlog", type=int, default=20_000,
+                   help="history records the peer comparison reads at least (noop jobs fill it up; default 20000)")
     p.add_argument("--no-peer", action="store_true", help="skip the history-backlog comparison with condor_adstash")
     p.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs, stores)")
     p.add_argument("--json", type=Path, help="also write every measurement to this file")
@@ -936,7 +965,7 @@ def main() -> int:
     dp.devpool("up", timeout=900)
     import catalogue
 
-    catalogue.use_host_env()  # the daemon's query workers inherit this environment
+    htcondor2 = catalogue.use_host_env()  # the daemon's query workers inherit this environment
     spid, local_name = schedd_process(args.schedd)
     # HTCondor's default MAX_JOBS_PER_OWNER is 100000: raised on this schedd for the run (a
     # bench-only file in the chroot's config.d, removed at the end; only this schedd is
@@ -957,6 +986,8 @@ def main() -> int:
     try:
         stack.enter_context(dp.runtime_config("bench-sizing", limits, [("fermigrid", args.schedd)] if limits else []))
         # -- peer: the history backlog, and the state template (history checkpoint at the newest) --------
+        if not args.no_peer:
+            ensure_backlog(args, htcondor2, tag)
         for rep in range(args.repeat if not args.no_peer else 1):
             ours, state = retry(args, f"history backlog, opos run {rep + 1}", lambda: run_opos_history(args, work, rep))
             results["peer"]["opos"].append(ours)
@@ -997,6 +1028,9 @@ def main() -> int:
         print(f"ERROR: {exc}", file=sys.stderr)
         failed = True
     finally:
+        # the clean-up runs to its end: a second Ctrl-C/SIGTERM is only reported
+        signal.signal(signal.SIGTERM, _late_signal)
+        signal.signal(signal.SIGINT, _late_signal)
         t0 = time.monotonic()
         remove(args.schedd, tag)
         try:
