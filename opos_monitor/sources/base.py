@@ -56,4 +56,4 @@ class PollResult:
     cred_expiring: int = 0  # queue: live jobs whose X.509 proxy expires within a day
     interrupted: bool = False  # a stop was requested: the poll handed off only part of what it found
     held_ids: Sequence[str] | None = None  # queue: GlobalJobId of every held job in the queue
-    failed_now: Mapping[str, int] | None = None  # queue: held/removed jobs, GlobalJobId -> EnteredCurrentStatus
+    failed_now: Mapping[str, int | None] | None = None  # queue: held/removed jobs, GlobalJobId -> EnteredCurrentStatus

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ..config import HTCondorConfig, PoolConfig
-from ..records import STATUS_NAMES, JobRecord, status_name
+from ..records import STATUS_NAMES, JobRecord, status_name, to_int
 from .base import Handoff, PollResult, SourceKey
 from .history import EPOCHS, HISTORY, HistoryOptions, poll_history
 from .htc import (JOB_ATTRS, Backoff, CollectorTarget, ProcessRunner, QueryError, QueryTimeout, Runner,
@@ -162,7 +162,7 @@ def expiring_soon(ads: Sequence[Mapping[str, Any]], before: float) -> int:
 
 
 def fetch_queue(client: Any, projection: Sequence[str], pool: str, schedd: str,
-                cred_window_s: float = 86400.0, known: Optional[Mapping[str, int]] = None) -> tuple:
+                cred_window_s: float = 86400.0, known: Optional[Mapping[str, Optional[int]]] = None) -> tuple:
     """Worker: ``(counts, records, expiring, held, failed)`` — counts by status (every job);
     the held/removed jobs as ``record_to_wire``: all of them, or, given ``known`` (GlobalJobId
     -> EnteredCurrentStatus of the held/removed jobs already handed off), only those not in it
@@ -172,25 +172,22 @@ def fetch_queue(client: Any, projection: Sequence[str], pool: str, schedd: str,
     small = [dict(ad) for ad in client.query("true", list(_SMALL))]
     codes = [ad.get("JobStatus") for ad in small]
     held = [str(ad.get("GlobalJobId")) for ad in small if ad.get("JobStatus") == 5]
-    failed = {str(ad.get("GlobalJobId")): _int(ad.get("EnteredCurrentStatus")) for ad in small
+    failed = {str(ad.get("GlobalJobId")): to_int(ad.get("EnteredCurrentStatus")) for ad in small
               if ad.get("JobStatus") in (3, 5)}
     if known is None:
         constraint: Optional[str] = FAILED_LIVE
     else:
-        new = [t for gid, t in failed.items() if known.get(gid) != t]
+        new = [-1 if t is None else t for gid, t in failed.items() if gid not in known or known[gid] != t]
         constraint = None if not new else f"({FAILED_LIVE}) && EnteredCurrentStatus >= {min(new)}"
     records = []
     if constraint is not None:
         for ad in client.query(constraint, list(projection)):
             d = ad_dict(ad)
-            if known is not None and known.get(str(d.get("GlobalJobId"))) == _int(d.get("EnteredCurrentStatus")):
+            gid = str(d.get("GlobalJobId"))
+            if known is not None and gid in known and known[gid] == to_int(d.get("EnteredCurrentStatus")):
                 continue  # handed off before, unchanged
             records.append(record_to_wire(JobRecord.from_ad(d, pool=pool, schedd=schedd, source="queue")))
     return status_counts(codes), records, expiring_soon(small, time.time() + cred_window_s), held, failed
-
-
-def _int(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) else -1
 
 
 _SMALL = ("JobStatus", "x509UserProxyExpiration", "GlobalJobId", "EnteredCurrentStatus")
@@ -199,7 +196,7 @@ _SMALL = ("JobStatus", "x509UserProxyExpiration", "GlobalJobId", "EnteredCurrent
 def poll_queue(runner: Runner, target: ScheddTarget, handoff: Handoff, *, projection: Sequence[str] = JOB_ATTRS,
                batch_size: int = 1000, timeout_s: Optional[float] = None,
                should_stop: Callable[[], bool] = lambda: False,
-               known: Optional[Mapping[str, int]] = None) -> PollResult:
+               known: Optional[Mapping[str, Optional[int]]] = None) -> PollResult:
     """Poll one schedd's queue: fills ``status_counts``, ``held_ids``, ``failed_now`` and
     ``records`` (held + removed jobs handed off, checkpoint None: all of them, or, given
     ``known`` (the previous complete poll's ``failed_now``), only new or changed ones). A failed
@@ -289,7 +286,7 @@ class ScheddSources:
         self.stopping = threading.Event()  # set by stop(): polls hand off no new batch
         # queue: held/removed jobs (GlobalJobId -> EnteredCurrentStatus) handed off by the last
         # complete poll of each schedd; the next poll fetches full ads only of the others
-        self._queue_known: dict[SourceKey, Mapping[str, int]] = {}
+        self._queue_known: dict[SourceKey, Mapping[str, Optional[int]]] = {}
         self._pool = ThreadPoolExecutor(max_workers=htcondor.max_concurrent_schedds, thread_name_prefix="opos-schedd")
 
     @property
